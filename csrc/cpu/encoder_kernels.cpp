@@ -1,0 +1,215 @@
+// CPU backend of the sigmoid encoder operators: the fused passes over (B, k).
+//
+// Reductions over the batch are split into fixed tiles of kRowsPerTile rows by
+// kColumnsPerTile columns. Each tile writes its own partial column sums and the partials
+// are added in tile order afterwards, so results are bitwise reproducible whatever the
+// number of threads, and the tiles are independent work items for at::parallel_for.
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "encoder_host.h"
+#include "encoder_math.h"
+
+namespace pyae {
+namespace {
+
+constexpr int64_t kRowsPerTile = 64;
+constexpr int64_t kColumnsPerTile = 512;
+
+struct TileGrid {
+  int64_t rows, columns, row_tiles, column_tiles;
+  TileGrid(int64_t rows, int64_t columns)
+      : rows(rows),
+        columns(columns),
+        row_tiles((rows + kRowsPerTile - 1) / kRowsPerTile),
+        column_tiles((columns + kColumnsPerTile - 1) / kColumnsPerTile) {}
+  int64_t tiles() const { return row_tiles * column_tiles; }
+
+  // Calls body(row_begin, row_end, column_begin, column_end, row_tile) for every tile, in parallel.
+  template <typename Body>
+  void for_each_tile(const Body& body) const {
+    at::parallel_for(0, tiles(), 1, [&](int64_t first, int64_t last) {
+      for (int64_t tile = first; tile < last; ++tile) {
+        const int64_t row_tile = tile / column_tiles;
+        const int64_t column_begin = (tile % column_tiles) * kColumnsPerTile;
+        const int64_t row_begin = row_tile * kRowsPerTile;
+        body(row_begin, std::min(row_begin + kRowsPerTile, rows), column_begin,
+             std::min(column_begin + kColumnsPerTile, columns), row_tile);
+      }
+    });
+  }
+};
+
+// partials is (row_tiles, count, k): adds the row tiles in order into totals (count, k).
+template <typename acc_t>
+void sum_row_tiles(const acc_t* partials, int64_t row_tiles, int64_t count, int64_t k, acc_t* totals) {
+  at::parallel_for(0, count * k, 1024, [&](int64_t first, int64_t last) {
+    for (int64_t j = first; j < last; ++j) {
+      acc_t total = 0;
+      for (int64_t tile = 0; tile < row_tiles; ++tile) {
+        total += partials[tile * count * k + j];
+      }
+      totals[j] = total;
+    }
+  });
+}
+
+// c_l = ||weight_l||^2, accumulated in acc_t.
+template <typename scalar_t, typename acc_t>
+void squared_row_norms(const scalar_t* weight, int64_t k, int64_t n, acc_t* out) {
+  at::parallel_for(0, k, std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)), [&](int64_t first, int64_t last) {
+    for (int64_t l = first; l < last; ++l) {
+      const scalar_t* row = weight + l * n;
+      acc_t total = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        const acc_t w = static_cast<acc_t>(row[j]);
+        total += w * w;
+      }
+      out[l] = total;
+    }
+  });
+}
+
+at::ScalarType accumulation_dtype(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+struct CpuBackend {
+  static std::tuple<at::Tensor, at::Tensor> activate_and_reduce(at::Tensor& hidden, const at::Tensor& weight) {
+    const int64_t B = hidden.size(0), k = hidden.size(1), n = weight.size(1);
+    const TileGrid grid(B, k);
+    const auto acc_options = hidden.options().dtype(accumulation_dtype(hidden.scalar_type()));
+    // partials[t][0] holds sum_i h_il, partials[t][1] sum_i d_il^2 for row tile t.
+    at::Tensor partials = at::zeros({grid.row_tiles, 2, k}, acc_options);
+    at::Tensor totals = at::empty({2, k}, acc_options);
+    at::Tensor row_norms = at::empty({k}, acc_options);
+    at::Tensor mean_activation = at::empty({k}, hidden.options());
+    at::Tensor contractive = at::empty({}, hidden.options());
+
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "pyae_sigmoid_encoder_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      scalar_t* h = hidden.data_ptr<scalar_t>();
+      acc_t* partial = partials.data_ptr<acc_t>();
+      grid.for_each_tile([&](int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t row_tile) {
+        acc_t* h_sum = partial + row_tile * 2 * k;
+        acc_t* d2_sum = h_sum + k;
+        for (int64_t i = r0; i < r1; ++i) {
+          scalar_t* row = h + i * k;
+          for (int64_t l = c0; l < c1; ++l) {
+            const acc_t value = sigmoid(static_cast<acc_t>(row[l]));
+            const acc_t d = sigmoid_slope(value);
+            row[l] = static_cast<scalar_t>(value);
+            h_sum[l] += value;
+            d2_sum[l] += d * d;
+          }
+        }
+      });
+      acc_t* total = totals.data_ptr<acc_t>();
+      sum_row_tiles(partial, grid.row_tiles, 2, k, total);
+      acc_t* c = row_norms.data_ptr<acc_t>();
+      squared_row_norms(weight.data_ptr<scalar_t>(), k, n, c);
+
+      scalar_t* mean = mean_activation.data_ptr<scalar_t>();
+      acc_t penalty = 0;
+      for (int64_t l = 0; l < k; ++l) {
+        mean[l] = static_cast<scalar_t>(total[l] / B);
+        penalty += c[l] * total[k + l];
+      }
+      *contractive.data_ptr<scalar_t>() = static_cast<scalar_t>(penalty / B);
+    });
+    return {mean_activation, contractive};
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_pass(
+      const at::Tensor& hidden,
+      const at::Tensor& weight,
+      const c10::optional<at::Tensor>& grad_hidden,
+      const c10::optional<at::Tensor>& grad_mean_activation,
+      const c10::optional<at::Tensor>& grad_contractive,
+      bool want_column_sums,
+      bool want_row_scale) {
+    const int64_t B = hidden.size(0), k = hidden.size(1), n = weight.size(1);
+    const TileGrid grid(B, k);
+    const auto acc_options = hidden.options().dtype(accumulation_dtype(hidden.scalar_type()));
+    const bool has_contractive = grad_contractive.has_value();
+    want_row_scale = want_row_scale && has_contractive;
+    // partials[t][0]: sum_i delta_il, partials[t][1]: sum_i d_il^2, for row tile t.
+    const int64_t sums = (want_column_sums || want_row_scale) ? 2 : 0;
+    at::Tensor partials = at::zeros({grid.row_tiles, sums, k}, acc_options);
+    at::Tensor totals = at::empty({sums, k}, acc_options);
+    at::Tensor delta = at::empty_like(hidden);
+    at::Tensor grad_bias, row_scale;
+    if (want_column_sums) grad_bias = at::empty({k}, hidden.options());
+    if (want_row_scale) row_scale = at::empty({k}, hidden.options());
+
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "pyae_sigmoid_encoder_backward_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const acc_t inv_batch = acc_t(1) / static_cast<acc_t>(B);
+      // Per-column coefficients: g_rho_l / B and g_c * (2/B) * c_l.
+      at::Tensor activation_bias = at::zeros({k}, acc_options);
+      at::Tensor contractive_coef = at::zeros({k}, acc_options);
+      acc_t* rho_term = activation_bias.data_ptr<acc_t>();
+      acc_t* coef = contractive_coef.data_ptr<acc_t>();
+      if (grad_mean_activation.has_value()) {
+        const scalar_t* g_rho = grad_mean_activation->data_ptr<scalar_t>();
+        for (int64_t l = 0; l < k; ++l) rho_term[l] = static_cast<acc_t>(g_rho[l]) * inv_batch;
+      }
+      acc_t contractive_scale = 0;
+      if (has_contractive) {
+        contractive_scale = static_cast<acc_t>(grad_contractive->data_ptr<scalar_t>()[0]) * 2 * inv_batch;
+        squared_row_norms(weight.data_ptr<scalar_t>(), k, n, coef);
+        for (int64_t l = 0; l < k; ++l) coef[l] *= contractive_scale;
+      }
+
+      const scalar_t* h = hidden.data_ptr<scalar_t>();
+      const scalar_t* g_h = grad_hidden.has_value() ? grad_hidden->data_ptr<scalar_t>() : nullptr;
+      scalar_t* out = delta.data_ptr<scalar_t>();
+      acc_t* partial = partials.data_ptr<acc_t>();
+      grid.for_each_tile([&](int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t row_tile) {
+        acc_t* delta_sum = partial + row_tile * sums * k;
+        acc_t* d2_sum = delta_sum + k;
+        for (int64_t i = r0; i < r1; ++i) {
+          const int64_t offset = i * k;
+          for (int64_t l = c0; l < c1; ++l) {
+            const acc_t value = static_cast<acc_t>(h[offset + l]);
+            const acc_t upstream = (g_h ? static_cast<acc_t>(g_h[offset + l]) : acc_t(0)) + rho_term[l];
+            const acc_t delta_il = pre_activation_grad(value, upstream, coef[l]);
+            out[offset + l] = static_cast<scalar_t>(delta_il);
+            if (sums) {
+              const acc_t d = sigmoid_slope(value);
+              delta_sum[l] += delta_il;
+              d2_sum[l] += d * d;
+            }
+          }
+        }
+      });
+      if (sums) {
+        acc_t* total = totals.data_ptr<acc_t>();
+        sum_row_tiles(partial, grid.row_tiles, sums, k, total);
+        if (want_column_sums) {
+          scalar_t* bias_grad = grad_bias.data_ptr<scalar_t>();
+          for (int64_t l = 0; l < k; ++l) bias_grad[l] = static_cast<scalar_t>(total[l]);
+        }
+        if (want_row_scale) {
+          scalar_t* scale = row_scale.data_ptr<scalar_t>();
+          for (int64_t l = 0; l < k; ++l) scale[l] = static_cast<scalar_t>(contractive_scale * total[k + l]);
+        }
+      }
+    });
+    return {delta, grad_bias, row_scale};
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyae, CPU, m) {
+  m.impl("sigmoid_encoder", &sigmoid_encoder_forward<CpuBackend>);
+  m.impl("sigmoid_encoder_backward", &sigmoid_encoder_backward<CpuBackend>);
+}
+
+}  // namespace pyae

@@ -1,0 +1,76 @@
+// Argument checks shared by every backend. They raise ValueError or TypeError in Python
+// (TORCH_CHECK_VALUE / TORCH_CHECK_TYPE) and name the offending argument.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+namespace pyae {
+
+inline void check_floating(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(
+      at::isFloatingType(t.scalar_type()), "pyae: ", name,
+      " must be a floating-point tensor (float64, float32, float16 or bfloat16), got ", t.scalar_type());
+}
+
+inline void check_same_dtype_device(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK_TYPE(
+      t.scalar_type() == ref.scalar_type(), "pyae: ", name, " has dtype ", t.scalar_type(), " but ", ref_name,
+      " has dtype ", ref.scalar_type(), "; they must match");
+  TORCH_CHECK_VALUE(
+      t.device() == ref.device(), "pyae: ", name, " is on ", t.device(), " but ", ref_name, " is on ", ref.device(),
+      "; they must be on the same device");
+}
+
+inline void check_encoder_inputs(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  check_floating(x, "x");
+  TORCH_CHECK_VALUE(x.dim() == 2, "pyae: x must be 2-D (batch, features), got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(0) > 0, "pyae: x must hold at least one row: the batch mean of an empty batch is undefined");
+  TORCH_CHECK_VALUE(weight.dim() == 2, "pyae: weight must be 2-D (hidden, features), got shape ", weight.sizes());
+  check_same_dtype_device(weight, "weight", x, "x");
+  TORCH_CHECK_VALUE(
+      weight.size(1) == x.size(1), "pyae: x has ", x.size(1), " features but weight expects ", weight.size(1),
+      " (weight is (hidden, features) = ", weight.sizes(), ")");
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    check_same_dtype_device(b, "bias", x, "x");
+    TORCH_CHECK_VALUE(
+        b.dim() == 1 && b.size(0) == weight.size(0), "pyae: bias must have shape (", weight.size(0),
+        ",) to match weight's ", weight.size(0), " hidden units, got ", b.sizes());
+  }
+}
+
+inline void check_encoder_backward_inputs(
+    const c10::optional<at::Tensor>& grad_hidden,
+    const c10::optional<at::Tensor>& grad_mean_activation,
+    const c10::optional<at::Tensor>& grad_contractive,
+    const at::Tensor& x,
+    const at::Tensor& weight,
+    const at::Tensor& hidden) {
+  check_encoder_inputs(x, weight, c10::nullopt);
+  check_same_dtype_device(hidden, "hidden", x, "x");
+  TORCH_CHECK_VALUE(
+      hidden.dim() == 2 && hidden.size(0) == x.size(0) && hidden.size(1) == weight.size(0),
+      "pyae: hidden must have shape (", x.size(0), ", ", weight.size(0), "), got ", hidden.sizes());
+  if (grad_hidden.has_value()) {
+    check_same_dtype_device(*grad_hidden, "grad_hidden", x, "x");
+    TORCH_CHECK_VALUE(
+        grad_hidden->sizes() == hidden.sizes(), "pyae: grad_hidden must have hidden's shape ", hidden.sizes(),
+        ", got ", grad_hidden->sizes());
+  }
+  if (grad_mean_activation.has_value()) {
+    check_same_dtype_device(*grad_mean_activation, "grad_mean_activation", x, "x");
+    TORCH_CHECK_VALUE(
+        grad_mean_activation->dim() == 1 && grad_mean_activation->size(0) == weight.size(0),
+        "pyae: grad_mean_activation must have shape (", weight.size(0), ",), got ", grad_mean_activation->sizes());
+  }
+  if (grad_contractive.has_value()) {
+    check_same_dtype_device(*grad_contractive, "grad_contractive", x, "x");
+    TORCH_CHECK_VALUE(
+        grad_contractive->numel() == 1, "pyae: grad_contractive must be a scalar, got shape ",
+        grad_contractive->sizes());
+  }
+}
+
+}  // namespace pyae

@@ -1,0 +1,82 @@
+// The host-side shape of the two encoder operators, shared by every backend.
+//
+// Each operator is "matrix products around one fused pass": the products go to at::mm /
+// at::addmm (MKL or oneDNN on CPU, cuBLAS on CUDA), and a Backend supplies the fused pass
+// over (B, k):
+//
+//   struct Backend {
+//     // hidden holds the pre-activations on entry and h = sigmoid(a) on exit (in place).
+//     // Returns (mean_activation (k,), contractive ()) in hidden's dtype.
+//     static std::tuple<at::Tensor, at::Tensor> activate_and_reduce(at::Tensor& hidden, const at::Tensor& weight);
+//     // Returns delta_a (B, k); the column sums of delta_a (= grad_bias) when
+//     // want_column_sums; and row_scale_l = g_c * (2/B) * sum_i d_il^2 when want_row_scale
+//     // and grad_contractive is given. Each absent result is an undefined tensor.
+//     static std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_pass(
+//         const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& grad_hidden,
+//         const c10::optional<at::Tensor>& grad_mean_activation, const c10::optional<at::Tensor>& grad_contractive,
+//         bool want_column_sums, bool want_row_scale);
+//   };
+//
+// All tensors handed to a Backend are contiguous and validated.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <tuple>
+
+#include "encoder_checks.h"
+
+namespace pyae {
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_encoder_forward(
+    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  check_encoder_inputs(x, weight, bias);
+  const at::Tensor weight_c = weight.contiguous();
+  // addmm folds the bias into the product; either result is a fresh contiguous (B, k) buffer
+  // that the fused pass overwrites with h.
+  at::Tensor hidden = bias.has_value() ? at::addmm(*bias, x, weight_c.t()) : at::mm(x, weight_c.t());
+  auto [mean_activation, contractive] = Backend::activate_and_reduce(hidden, weight_c);
+  return {hidden, mean_activation, contractive};
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_encoder_backward(
+    const c10::optional<at::Tensor>& grad_hidden,
+    const c10::optional<at::Tensor>& grad_mean_activation,
+    const c10::optional<at::Tensor>& grad_contractive,
+    const at::Tensor& x,
+    const at::Tensor& weight,
+    const at::Tensor& hidden,
+    std::array<bool, 3> output_mask) {
+  check_encoder_backward_inputs(grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden);
+  const auto [want_grad_x, want_grad_weight, want_grad_bias] = output_mask;
+  // Outputs of an operator must not alias each other: each unwanted gradient is its own
+  // (empty) tensor.
+  const auto not_wanted = [&x] { return at::empty({0}, x.options()); };
+  if (!want_grad_x && !want_grad_weight && !want_grad_bias) {
+    return {not_wanted(), not_wanted(), not_wanted()};
+  }
+  const at::Tensor weight_c = weight.contiguous();
+  const auto contiguous_or_none = [](const c10::optional<at::Tensor>& t) -> c10::optional<at::Tensor> {
+    return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
+  };
+  auto [delta, grad_bias, row_scale] = Backend::backward_pass(
+      hidden.contiguous(), weight_c, contiguous_or_none(grad_hidden), contiguous_or_none(grad_mean_activation),
+      contiguous_or_none(grad_contractive), want_grad_bias, want_grad_weight);
+
+  at::Tensor grad_x = want_grad_x ? at::mm(delta, weight_c) : not_wanted();
+  at::Tensor grad_weight;
+  if (!want_grad_weight) {
+    grad_weight = not_wanted();
+  } else {
+    // The contractive penalty depends on weight directly through c_l = ||W_l||^2, which adds
+    // diag(row_scale) @ weight to the product term.
+    grad_weight = row_scale.defined() ? at::addmm(weight_c * row_scale.unsqueeze(1), delta.t(), x)
+                                      : at::mm(delta.t(), x);
+  }
+  return {grad_x, grad_weight, want_grad_bias ? grad_bias : not_wanted()};
+}
+
+}  // namespace pyae

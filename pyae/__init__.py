@@ -1,0 +1,33 @@
+"""pyae: regularized autoencoders for PyTorch.
+
+Fused CPU and CUDA kernels compute the sigmoid encoder together with the closed-form
+contractive penalty and the sparsity statistics (``pyae.ops``, ``pyae.functional``); thin
+modules build the plain, denoising, sparse and contractive autoencoders on them
+(``pyae.modules``). ``pyae.data`` reads MNIST (a subset ships with the package),
+``pyae.viz`` draws filters, and the ``pyae`` command runs the lecture's experiment.
+"""
+
+from pyae import functional, ops
+from pyae.modules import (
+    Autoencoder,
+    AutoencoderOutput,
+    ContractiveAutoencoder,
+    DenoisingAutoencoder,
+    SparseAutoencoder,
+)
+from pyae.ops import EncoderOutput, has_cuda_kernels
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Autoencoder",
+    "AutoencoderOutput",
+    "ContractiveAutoencoder",
+    "DenoisingAutoencoder",
+    "SparseAutoencoder",
+    "EncoderOutput",
+    "functional",
+    "ops",
+    "has_cuda_kernels",
+    "__version__",
+]

@@ -1,0 +1,182 @@
+"""The functional API of pyae: the encoder, the penalties, the losses and the corruptions.
+
+Conventions (see DESIGN.md): ``x`` is ``(B, n)``, ``weight`` is ``(k, n)`` (the
+``nn.Linear`` layout), ``bias`` is ``(k,)``. Every penalty and loss is a mean over the batch
+of a per-example sum, so its size does not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pyae.ops import EncoderOutput, sigmoid_encoder
+
+__all__ = [
+    "EncoderOutput",
+    "sigmoid_encoder",
+    "kl_sparsity",
+    "weight_decay",
+    "reconstruction_loss",
+    "RECONSTRUCTION_LOSSES",
+    "mask_noise",
+    "gaussian_noise",
+]
+
+RECONSTRUCTION_LOSSES = ("mse", "cross_entropy")
+
+
+def _check_probability(value, name: str, *, closed: bool) -> float:
+    """Validate a Python number in (0, 1) (open) or [0, 1] (closed) and return it."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    inside = 0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0
+    if not inside:
+        interval = "[0, 1]" if closed else "(0, 1)"
+        raise ValueError(f"{name} must lie in {interval}, got {value}")
+    return value
+
+
+def _check_non_negative(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not value >= 0.0 or math.isinf(value):  # also refuses NaN
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def _check_floating_tensor(t, name: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def kl_sparsity(mean_activation: Tensor, target: float) -> Tensor:
+    """The sparsity penalty: ``sum_l KL(target || rho_hat_l)`` for Bernoulli variables.
+
+    ``KL = target * log(target / rho_hat) + (1 - target) * log((1 - target) / (1 - rho_hat))``.
+    It is 0 with zero gradient where ``rho_hat == target`` and grows without bound as
+    ``rho_hat`` approaches 0 or 1. Its gradient is
+    ``-target / rho_hat + (1 - target) / (1 - rho_hat)``.
+
+    Clamping: ``rho_hat`` is clamped into ``[eps, 1 - eps]`` with ``eps`` the machine epsilon
+    of its dtype, so that mean activations of exactly 0 or 1 (saturated units) give a large
+    but finite penalty and a finite gradient instead of ``inf``/``NaN``. Where the clamp is
+    active the gradient is that of the clamped value (``torch.clamp`` passes gradients through
+    only inside the interval, so a unit stuck at exactly 0 or 1 gets no gradient from this term).
+
+    Args:
+        mean_activation: ``rho_hat``, the batch mean of each hidden unit, shape ``(k,)``.
+        target: the desired mean activation ``rho``, in ``(0, 1)``.
+    """
+    _check_floating_tensor(mean_activation, "mean_activation")
+    target = _check_probability(target, "target", closed=False)
+    eps = torch.finfo(mean_activation.dtype).eps
+    rho_hat = mean_activation.clamp(eps, 1.0 - eps)
+    return (
+        target * (math.log(target) - torch.log(rho_hat))
+        + (1.0 - target) * (math.log1p(-target) - torch.log1p(-rho_hat))
+    ).sum()
+
+
+def weight_decay(*weights: Tensor) -> Tensor:
+    """``(1/2) * sum ||W||^2`` over the given weight matrices (never biases).
+
+    Multiplied by ``lambda`` this adds exactly ``lambda * W`` to each matrix's gradient, the
+    convention of the torch optimizers' ``weight_decay``.
+    """
+    if not weights:
+        raise ValueError("weight_decay needs at least one weight tensor")
+    total = None
+    for index, weight in enumerate(weights):
+        _check_floating_tensor(weight, f"weights[{index}]")
+        term = 0.5 * weight.pow(2).sum()
+        total = term if total is None else total + term
+    return total
+
+
+def reconstruction_loss(output: Tensor, target: Tensor, kind: str = "mse", *, from_logits: bool = False) -> Tensor:
+    """The reconstruction loss, summed over the features and averaged over the batch.
+
+    Args:
+        output: the decoder's output ``(B, n)``: the reconstruction ``xhat``, or the decoder's
+            pre-activations (logits) when ``from_logits`` is true.
+        target: the clean input ``x``, ``(B, n)``.
+        kind: ``"mse"``, ``sum_j (xhat_j - x_j)^2``; or ``"cross_entropy"``,
+            ``-sum_j x_j log xhat_j + (1 - x_j) log(1 - xhat_j)`` (targets in ``[0, 1]``).
+        from_logits: the output holds logits ``z`` with ``xhat = sigmoid(z)``; the
+            cross-entropy is then computed stably from the logits.
+    """
+    if kind not in RECONSTRUCTION_LOSSES:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, RECONSTRUCTION_LOSSES))}; got {kind!r}")
+    _check_floating_tensor(output, "output")
+    _check_floating_tensor(target, "target")
+    if output.shape != target.shape or output.dim() != 2:
+        raise ValueError(
+            f"output and target must both be (batch, features) of one shape, got {tuple(output.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+    if kind == "cross_entropy" and not torch.compiler.is_compiling():
+        # One reduction (and, on a GPU, one synchronization): the price of refusing targets
+        # that would silently give a meaningless loss.
+        low, high = torch.aminmax(target.detach())
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"cross_entropy needs targets in [0, 1], got values in [{low.item():g}, {high.item():g}]"
+            )
+    batch = output.shape[0]
+    if kind == "mse":
+        reconstruction = torch.sigmoid(output) if from_logits else output
+        return F.mse_loss(reconstruction, target, reduction="sum") / batch
+    if from_logits:
+        return F.binary_cross_entropy_with_logits(output, target, reduction="sum") / batch
+    return F.binary_cross_entropy(output, target, reduction="sum") / batch
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+def mask_noise(x: Tensor, q: float, *, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Masking noise: each entry of ``x`` is set to 0 with probability ``q``, independently.
+
+    The kept entries are not rescaled (the lecture's corruption, unlike dropout).
+
+    Args:
+        x: the input.
+        q: the probability of zeroing an entry, in ``[0, 1]``.
+        generator: an optional ``torch.Generator`` on ``x``'s device, for reproducible noise.
+    """
+    _check_floating_tensor(x, "x")
+    q = _check_probability(q, "q", closed=True)
+    _check_generator(generator)
+    if q == 0.0:
+        return x.clone()
+    keep = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) >= q
+    return x * keep
+
+
+def gaussian_noise(x: Tensor, std: float, *, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Additive Gaussian noise: ``x + std * N(0, 1)`` entrywise (the lecture uses ``std = 1``).
+
+    Args:
+        x: the input.
+        std: the noise's standard deviation, ``>= 0``.
+        generator: an optional ``torch.Generator`` on ``x``'s device, for reproducible noise.
+    """
+    _check_floating_tensor(x, "x")
+    std = _check_non_negative(std, "std")
+    _check_generator(generator)
+    if std == 0.0:
+        return x.clone()
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x + std * noise

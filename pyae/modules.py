@@ -1,0 +1,279 @@
+"""Autoencoder modules: one general class and its named, regularized variants.
+
+Every variant is the same :class:`Autoencoder` with different defaults: a one-hidden-layer
+sigmoid autoencoder whose encoder runs through pyae's fused operator, so the sparsity and
+contractive statistics come out of the encoder pass itself at almost no extra cost.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+from typing import Dict, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pyae import functional as PF
+from pyae.functional import RECONSTRUCTION_LOSSES
+
+__all__ = [
+    "AutoencoderOutput",
+    "Autoencoder",
+    "DenoisingAutoencoder",
+    "SparseAutoencoder",
+    "ContractiveAutoencoder",
+    "DECODERS",
+    "NOISES",
+]
+
+DECODERS = ("sigmoid", "linear")
+NOISES = (None, "mask", "gaussian")
+
+
+class AutoencoderOutput(NamedTuple):
+    """What :meth:`Autoencoder.forward` returns.
+
+    Attributes:
+        loss: the weighted total, a scalar: reconstruction + weight_decay * ``weight_decay``
+            term + sparsity_weight * ``sparsity`` term + contractive_weight * ``contractive`` term.
+        reconstruction: the decoder's output ``xhat``, ``(B, n)``.
+        hidden: the hidden representation of the (possibly corrupted) input, ``(B, k)``.
+        terms: the unweighted components by name: ``reconstruction`` always, and
+            ``weight_decay``, ``sparsity``, ``contractive`` when enabled.
+    """
+
+    loss: Tensor
+    reconstruction: Tensor
+    hidden: Tensor
+    terms: Dict[str, Tensor]
+
+
+def _check_choice(value, name: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _check_size(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+class Autoencoder(nn.Module):
+    """A one-hidden-layer autoencoder with the classic regularizers.
+
+    ``h = sigmoid(W x + b)``, ``xhat = g(W' h + c)`` with ``g`` the sigmoid or the identity
+    and ``W' = W^T`` when the weights are tied. The training loss is
+
+        reconstruction + weight_decay * (1/2) ||W||^2  (every weight matrix, never biases)
+                       + sparsity_weight * sum_l KL(sparsity_target || rho_hat_l)
+                       + contractive_weight * mean_i ||dh_i/dx_i||_F^2
+
+    Args:
+        n_inputs: ``n``, the number of input features.
+        n_hidden: ``k``, the number of hidden units.
+        tied_weights: decode with the transpose of the encoder's weight (one shared parameter).
+        decoder: ``"sigmoid"`` (outputs in (0, 1)) or ``"linear"``.
+        loss: ``"mse"`` (squared error summed over features) or ``"cross_entropy"``
+            (needs the sigmoid decoder and inputs in [0, 1]; computed from logits).
+        weight_decay: ``lambda >= 0``; adds exactly ``lambda * W`` to each weight's gradient.
+        noise: ``None``, ``"mask"`` (zero each input with probability ``noise_level``) or
+            ``"gaussian"`` (add ``noise_level * N(0, 1)``): the denoising autoencoder's
+            corruption, applied in training mode only; the loss compares with the clean input.
+        noise_level: ``q`` in [0, 1] for masking, the standard deviation (>= 0) for Gaussian.
+        sparsity_target: ``rho`` in (0, 1): enables the KL sparsity term (reported in
+            ``terms`` even with ``sparsity_weight == 0``).
+        sparsity_weight: ``beta >= 0``, the weight of the KL term; > 0 needs a target.
+        contractive_weight: ``lambda_c >= 0``, the weight of the contractive penalty.
+        device, dtype: where and in which floating dtype to create the parameters.
+
+    Example::
+
+        model = pyae.ContractiveAutoencoder(784, 500, contractive_weight=0.1)
+        out = model(x)            # x: (B, 784) in [0, 1]
+        out.loss.backward()
+        out.terms["contractive"]  # the unweighted penalty
+    """
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_hidden: int,
+        *,
+        tied_weights: bool = False,
+        decoder: str = "sigmoid",
+        loss: str = "mse",
+        weight_decay: float = 0.0,
+        noise: Optional[str] = None,
+        noise_level: float = 0.0,
+        sparsity_target: Optional[float] = None,
+        sparsity_weight: float = 0.0,
+        contractive_weight: float = 0.0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        n_inputs = _check_size(n_inputs, "n_inputs")
+        n_hidden = _check_size(n_hidden, "n_hidden")
+        _check_choice(decoder, "decoder", DECODERS)
+        _check_choice(loss, "loss", RECONSTRUCTION_LOSSES)
+        _check_choice(noise, "noise", NOISES)
+        if loss == "cross_entropy" and decoder != "sigmoid":
+            raise ValueError("loss='cross_entropy' needs decoder='sigmoid' (the reconstruction must be a probability)")
+        if not isinstance(tied_weights, bool):
+            raise TypeError(f"tied_weights must be a bool, got {type(tied_weights).__name__}")
+        weight_decay = PF._check_non_negative(weight_decay, "weight_decay")
+        sparsity_weight = PF._check_non_negative(sparsity_weight, "sparsity_weight")
+        contractive_weight = PF._check_non_negative(contractive_weight, "contractive_weight")
+        if noise == "mask":
+            noise_level = PF._check_probability(noise_level, "noise_level", closed=True)
+        else:
+            noise_level = PF._check_non_negative(noise_level, "noise_level")
+            if noise is None and noise_level != 0.0:
+                raise ValueError(f"noise_level={noise_level} needs noise='mask' or noise='gaussian'")
+        if sparsity_target is not None:
+            sparsity_target = PF._check_probability(sparsity_target, "sparsity_target", closed=False)
+        elif sparsity_weight > 0.0:
+            raise ValueError("sparsity_weight > 0 needs a sparsity_target in (0, 1)")
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+
+        self.n_inputs, self.n_hidden = n_inputs, n_hidden
+        self.tied_weights, self.decoder_activation, self.loss_kind = tied_weights, decoder, loss
+        self.weight_decay, self.noise, self.noise_level = weight_decay, noise, noise_level
+        self.sparsity_target, self.sparsity_weight = sparsity_target, sparsity_weight
+        self.contractive_weight = contractive_weight
+
+        factory = {"device": device, "dtype": dtype}
+        self.encoder = nn.Linear(n_inputs, n_hidden, **factory)
+        if tied_weights:
+            self.decoder = None
+            self.decoder_bias = nn.Parameter(torch.zeros(n_inputs, **factory))
+        else:
+            self.decoder = nn.Linear(n_hidden, n_inputs, **factory)
+            self.decoder_bias = None
+
+    # ----------------------------------------------------------------------------------
+    @property
+    def decoder_weight(self) -> Tensor:
+        """The decoder's weight, ``(n, k)``: ``encoder.weight.T`` when the weights are tied."""
+        return self.encoder.weight.t() if self.tied_weights else self.decoder.weight
+
+    def weight_matrices(self):
+        """The parameters that weight decay applies to (the weight matrices, never biases)."""
+        return (self.encoder.weight,) if self.tied_weights else (self.encoder.weight, self.decoder.weight)
+
+    def extra_repr(self) -> str:
+        parts = [f"n_inputs={self.n_inputs}", f"n_hidden={self.n_hidden}", f"decoder={self.decoder_activation!r}",
+                 f"loss={self.loss_kind!r}"]
+        if self.tied_weights:
+            parts.append("tied_weights=True")
+        if self.weight_decay:
+            parts.append(f"weight_decay={self.weight_decay}")
+        if self.noise:
+            parts.append(f"noise={self.noise!r}, noise_level={self.noise_level}")
+        if self.sparsity_target is not None:
+            parts.append(f"sparsity_target={self.sparsity_target}, sparsity_weight={self.sparsity_weight}")
+        if self.contractive_weight:
+            parts.append(f"contractive_weight={self.contractive_weight}")
+        return ", ".join(parts)
+
+    def _check_input(self, x, name: str = "x") -> None:
+        PF._check_floating_tensor(x, name)
+        if x.dim() != 2 or x.shape[1] != self.n_inputs:
+            raise ValueError(
+                f"{name} must have shape (batch, {self.n_inputs}) for this model's {self.n_inputs} inputs, "
+                f"got {tuple(x.shape)}"
+            )
+
+    # ----------------------------------------------------------------------------------
+    def corrupt(self, x: Tensor, *, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The denoising corruption of ``x`` (a copy of ``x`` where there is none)."""
+        if self.noise == "mask":
+            return PF.mask_noise(x, self.noise_level, generator=generator)
+        if self.noise == "gaussian":
+            return PF.gaussian_noise(x, self.noise_level, generator=generator)
+        return x
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The hidden representation ``sigmoid(W x + b)`` of ``x``, never corrupted."""
+        self._check_input(x)
+        return PF.sigmoid_encoder(x, self.encoder.weight, self.encoder.bias).hidden
+
+    def decode(self, hidden: Tensor) -> Tensor:
+        """The reconstruction ``g(W' h + c)`` from a hidden representation ``(B, k)``."""
+        return self._activate_decoder(self._decoder_logits(hidden))
+
+    def _decoder_logits(self, hidden: Tensor) -> Tensor:
+        bias = self.decoder_bias if self.tied_weights else self.decoder.bias
+        return F.linear(hidden, self.decoder_weight, bias)
+
+    def _activate_decoder(self, logits: Tensor) -> Tensor:
+        return torch.sigmoid(logits) if self.decoder_activation == "sigmoid" else logits
+
+    @torch.no_grad()
+    def filters(self) -> Tensor:
+        """``W_l / ||W_l||`` for every hidden unit, ``(k, n)``: the unit-norm input that
+        maximally activates each unit (a zero row stays zero)."""
+        weight = self.encoder.weight.detach()
+        return weight / weight.norm(dim=1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
+
+    def forward(self, x: Tensor, *, generator: Optional[torch.Generator] = None) -> AutoencoderOutput:
+        """Encode (the corrupted input in training mode), decode, and form the loss.
+
+        Args:
+            x: the clean input, ``(B, n_inputs)``.
+            generator: an optional ``torch.Generator`` for the corruption noise.
+        """
+        self._check_input(x)
+        corrupted = self.corrupt(x, generator=generator) if self.training and self.noise else x
+        encoded = PF.sigmoid_encoder(corrupted, self.encoder.weight, self.encoder.bias)
+        logits = self._decoder_logits(encoded.hidden)
+        reconstruction = self._activate_decoder(logits)
+        if self.loss_kind == "cross_entropy":
+            reconstruction_term = PF.reconstruction_loss(logits, x, "cross_entropy", from_logits=True)
+        else:
+            reconstruction_term = PF.reconstruction_loss(reconstruction, x, "mse")
+
+        terms = {"reconstruction": reconstruction_term}
+        loss = reconstruction_term
+        if self.weight_decay > 0.0:
+            terms["weight_decay"] = PF.weight_decay(*self.weight_matrices())
+            loss = loss + self.weight_decay * terms["weight_decay"]
+        if self.sparsity_target is not None:
+            terms["sparsity"] = PF.kl_sparsity(encoded.mean_activation, self.sparsity_target)
+            loss = loss + self.sparsity_weight * terms["sparsity"]
+        if self.contractive_weight > 0.0:
+            terms["contractive"] = encoded.contractive
+            loss = loss + self.contractive_weight * terms["contractive"]
+        return AutoencoderOutput(loss, reconstruction, encoded.hidden, terms)
+
+
+class DenoisingAutoencoder(Autoencoder):
+    """An :class:`Autoencoder` trained to undo a corruption: by default masking noise with
+    ``q = 0.25`` (``noise="gaussian", noise_level=1.0`` is the lecture's other choice)."""
+
+    def __init__(self, n_inputs: int, n_hidden: int, *, noise: Optional[str] = "mask", noise_level: float = 0.25,
+                 **kwargs) -> None:
+        super().__init__(n_inputs, n_hidden, noise=noise, noise_level=noise_level, **kwargs)
+
+
+class SparseAutoencoder(Autoencoder):
+    """An :class:`Autoencoder` with the KL sparsity penalty on the mean activations; by
+    default ``sparsity_target = 0.05``, ``sparsity_weight = 0.1``."""
+
+    def __init__(self, n_inputs: int, n_hidden: int, *, sparsity_target: Optional[float] = 0.05,
+                 sparsity_weight: float = 0.1, **kwargs) -> None:
+        super().__init__(n_inputs, n_hidden, sparsity_target=sparsity_target, sparsity_weight=sparsity_weight,
+                         **kwargs)
+
+
+class ContractiveAutoencoder(Autoencoder):
+    """An :class:`Autoencoder` with the contractive penalty, the batch mean of the squared
+    Frobenius norm of the encoder's Jacobian; by default ``contractive_weight = 0.1``."""
+
+    def __init__(self, n_inputs: int, n_hidden: int, *, contractive_weight: float = 0.1, **kwargs) -> None:
+        super().__init__(n_inputs, n_hidden, contractive_weight=contractive_weight, **kwargs)

@@ -1,0 +1,170 @@
+"""The compiled operators of pyae, with their fake kernels and autograd.
+
+Loading :mod:`pyae._C` registers the ``torch.ops.pyae`` operators (schemas in
+``csrc/pyae.cpp``, kernels in ``csrc/cpu`` and ``csrc/cuda``). This module adds what the
+compiler and autograd need from Python:
+
+* ``register_fake`` for every operator, so that ``torch.compile``, ``torch.export`` and
+  meta tensors see the output shapes without running a kernel;
+* ``register_autograd`` for ``sigmoid_encoder``, whose backward is itself an operator
+  (``sigmoid_encoder_backward``), so the backward pass is one opaque, compilable call.
+
+Most users want :mod:`pyae.functional` or the modules; the functions here are the thin,
+typed entry points onto the operators.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+try:
+    from pyae import _C  # noqa: F401  (registers torch.ops.pyae)
+except ImportError as error:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "pyae's compiled extension pyae._C could not be loaded "
+        f"({error}). pyae has no pure-Python fallback: build it from the source checkout with\n"
+        "    pip install --no-build-isolation -e .\n"
+        "(torch must be installed first; set CUDA_HOME to your CUDA toolkit to build the CUDA "
+        "kernels, or PYAE_CUDA=0 for a CPU-only build)."
+    ) from error
+
+__all__ = ["EncoderOutput", "sigmoid_encoder", "sigmoid_encoder_backward", "has_cuda_kernels"]
+
+
+class EncoderOutput(NamedTuple):
+    """What :func:`sigmoid_encoder` returns.
+
+    Attributes:
+        hidden: ``h = sigmoid(x @ weight.T + bias)``, shape ``(B, k)``.
+        mean_activation: ``rho_hat = h.mean(0)``, shape ``(k,)``: the sparsity statistic.
+        contractive: the batch mean of ``||dh/dx||_F^2``, a scalar: the contractive penalty.
+    """
+
+    hidden: Tensor
+    mean_activation: Tensor
+    contractive: Tensor
+
+
+def has_cuda_kernels() -> bool:
+    """Whether this build of pyae holds CUDA kernels (it is a CUDA build)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("pyae::sigmoid_encoder", "CUDA")
+
+
+def sigmoid_encoder(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> EncoderOutput:
+    """The fused sigmoid encoder: hidden units, their batch mean and the contractive penalty.
+
+    Args:
+        x: input batch, ``(B, n)``, ``B >= 1``.
+        weight: encoder weight in the ``nn.Linear`` layout, ``(k, n)``.
+        bias: encoder bias, ``(k,)``, or None.
+
+    Returns:
+        An :class:`EncoderOutput` ``(hidden, mean_activation, contractive)``. Every output is
+        differentiable with respect to ``x``, ``weight`` and ``bias``.
+
+    Raises:
+        TypeError: a non-floating input, or inputs of different dtypes.
+        ValueError: wrong ranks or sizes, an empty batch, or inputs on different devices.
+    """
+    hidden, mean_activation, contractive = torch.ops.pyae.sigmoid_encoder.default(x, weight, bias)
+    return EncoderOutput(hidden, mean_activation, contractive)
+
+
+def sigmoid_encoder_backward(
+    grad_hidden: Optional[Tensor],
+    grad_mean_activation: Optional[Tensor],
+    grad_contractive: Optional[Tensor],
+    x: Tensor,
+    weight: Tensor,
+    hidden: Tensor,
+    output_mask: Tuple[bool, bool, bool] = (True, True, True),
+) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Gradients of :func:`sigmoid_encoder` with respect to ``(x, weight, bias)``.
+
+    Any upstream gradient may be None (that output did not reach the loss). The gradients
+    not asked for in ``output_mask`` are not computed and come back as None.
+    """
+    grads = torch.ops.pyae.sigmoid_encoder_backward.default(
+        grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden, list(output_mask)
+    )
+    return tuple(grad if wanted else None for grad, wanted in zip(grads, output_mask))
+
+
+# --------------------------------------------------------------------------------------
+# Fake (meta) kernels: shapes, dtypes and the same argument checks as the C++ kernels, so a
+# traced program fails where an eager one would.
+
+
+def _check_encoder_arguments(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
+    torch._check_type(x.dtype.is_floating_point, lambda: f"pyae: x must be a floating-point tensor, got {x.dtype}")
+    torch._check_value(x.dim() == 2, lambda: f"pyae: x must be 2-D (batch, features), got shape {tuple(x.shape)}")
+    torch._check_value(x.shape[0] > 0, lambda: "pyae: x must hold at least one row")
+    torch._check_value(weight.dim() == 2, lambda: f"pyae: weight must be 2-D, got shape {tuple(weight.shape)}")
+    torch._check_type(weight.dtype == x.dtype, lambda: f"pyae: weight has dtype {weight.dtype} but x has {x.dtype}")
+    torch._check_value(
+        weight.shape[1] == x.shape[1],
+        lambda: f"pyae: x has {x.shape[1]} features but weight expects {weight.shape[1]}",
+    )
+    if bias is not None:
+        torch._check_type(bias.dtype == x.dtype, lambda: f"pyae: bias has dtype {bias.dtype} but x has {x.dtype}")
+        torch._check_value(
+            bias.dim() == 1 and bias.shape[0] == weight.shape[0],
+            lambda: f"pyae: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}",
+        )
+
+
+@torch.library.register_fake("pyae::sigmoid_encoder")
+def _sigmoid_encoder_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor]):
+    _check_encoder_arguments(x, weight, bias)
+    batch, hidden_units = x.shape[0], weight.shape[0]
+    return x.new_empty(batch, hidden_units), x.new_empty(hidden_units), x.new_empty(())
+
+
+@torch.library.register_fake("pyae::sigmoid_encoder_backward")
+def _sigmoid_encoder_backward_fake(grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden, output_mask):
+    _check_encoder_arguments(x, weight, None)
+    want_x, want_weight, want_bias = output_mask
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format) if want_x else x.new_empty(0),
+        torch.empty_like(weight, memory_format=torch.contiguous_format) if want_weight else x.new_empty(0),
+        weight.new_empty(weight.shape[0]) if want_bias else x.new_empty(0),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Autograd. Only x, weight and h are saved: d, c and everything else is recomputed in the
+# backward kernel, which keeps a training step's memory at that of a plain encoder.
+
+
+def _sigmoid_encoder_setup_context(ctx, inputs, output):
+    x, weight, bias = inputs
+    hidden, _, _ = output
+    # Outputs that did not reach the loss arrive as None rather than as zero tensors: the
+    # backward kernel skips their terms instead of reading zeros.
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, weight, hidden)
+    ctx.has_bias = bias is not None
+
+
+def _sigmoid_encoder_autograd_backward(ctx, grad_hidden, grad_mean_activation, grad_contractive):
+    x, weight, hidden = ctx.saved_tensors
+    want_x, want_weight, want_bias = ctx.needs_input_grad
+    output_mask = [want_x, want_weight, want_bias and ctx.has_bias]
+    grad_x, grad_weight, grad_bias = torch.ops.pyae.sigmoid_encoder_backward.default(
+        grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden, output_mask
+    )
+    return (
+        grad_x if output_mask[0] else None,
+        grad_weight if output_mask[1] else None,
+        grad_bias if output_mask[2] else None,
+    )
+
+
+torch.library.register_autograd(
+    "pyae::sigmoid_encoder",
+    _sigmoid_encoder_autograd_backward,
+    setup_context=_sigmoid_encoder_setup_context,
+)

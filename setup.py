@@ -1,0 +1,128 @@
+"""Builds the compiled core of pyae, the extension module ``pyae._C``.
+
+The build is a CppExtension (CPU kernels only) or a CUDAExtension (CPU and CUDA kernels).
+CUDA is chosen when torch is a CUDA build and a CUDA toolkit (nvcc and its headers) is
+found. Environment switches:
+
+    FORCE_CUDA=1            build the CUDA kernels even if the checks above say no
+    PYAE_CUDA=0             never build the CUDA kernels
+    CUDA_HOME               the toolkit folder whose include/ holds cuda_runtime.h
+    TORCH_CUDA_ARCH_LIST    GPU architectures to compile for, e.g. "9.0" or "8.0;9.0+PTX"
+    MAX_JOBS                parallel compile jobs (ninja)
+    DEBUG=1                 -O0 -g, no NDEBUG
+
+Install for development with ``pip install --no-build-isolation -e .`` (the build needs
+the torch that is installed, hence no build isolation).
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _has_cuda_runtime_header(folder):
+    return bool(folder) and os.path.isfile(os.path.join(folder, "include", "cuda_runtime.h"))
+
+
+def _locate_cuda_home():
+    """Return the CUDA toolkit folder, or None.
+
+    torch.utils.cpp_extension guesses CUDA_HOME from the location of ``nvcc`` on PATH, which
+    is wrong when that ``nvcc`` is a wrapper script outside the toolkit. Look for a folder
+    that really holds the headers, and export it before cpp_extension is imported so that
+    torch's guess and ours agree.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for folder in candidates:
+        if _has_cuda_runtime_header(folder) and os.path.isfile(os.path.join(folder, "bin", "nvcc")):
+            return folder
+    return None
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _off(name):
+    return os.environ.get(name, "").strip().lower() in {"0", "false", "no", "off"}
+
+
+cuda_home = _locate_cuda_home()
+if cuda_home and not _has_cuda_runtime_header(os.environ.get("CUDA_HOME")):
+    os.environ["CUDA_HOME"] = cuda_home
+
+import torch  # noqa: E402  (after CUDA_HOME is fixed)
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _choose_backend():
+    """Return (use_cuda, reason)."""
+    if _off("PYAE_CUDA"):
+        return False, "PYAE_CUDA=0"
+    if _flag("FORCE_CUDA"):
+        return True, "FORCE_CUDA=1"
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is not a CUDA build"
+    if cuda_home is None:
+        return False, "no CUDA toolkit found (set CUDA_HOME to the folder whose include/ holds cuda_runtime.h)"
+    return True, f"torch {torch.__version__} is a CUDA {torch.version.cuda} build and nvcc is in {cuda_home}"
+
+
+def _extension():
+    use_cuda, reason = _choose_backend()
+    debug = _flag("DEBUG")
+    sources = [os.path.join("csrc", "pyae.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx_flags = opt + ["-fdiagnostics-color=always"]
+    if not debug:
+        cxx_flags.append("-DNDEBUG")
+    # torch.utils.cpp_extension picks the C++ standard that torch itself needs (C++17 or 20).
+    # Py_LIMITED_API keeps the module free of any one CPython version's ABI: it only
+    # registers operators and exposes no Python functions of its own.
+    define_macros = [("Py_LIMITED_API", "0x03090000")]
+    extra = {"cxx": cxx_flags}
+    if use_cuda:
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        extra["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
+        if not debug:
+            extra["nvcc"].append("-DNDEBUG")
+        define_macros.append(("PYAE_WITH_CUDA", None))
+        extension_class = CUDAExtension
+    else:
+        extension_class = CppExtension
+
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "(torch's default: the visible GPUs, else all it knows)")
+    print(
+        "pyae build configuration:\n"
+        f"  backend      : {'CPU + CUDA' if use_cuda else 'CPU only'} ({reason})\n"
+        f"  CUDA_HOME    : {cuda_home or '-'}\n"
+        f"  arch list    : {arch if use_cuda else '-'}\n"
+        f"  MAX_JOBS     : {os.environ.get('MAX_JOBS', '(ninja default)')}\n"
+        f"  DEBUG        : {debug}\n"
+        f"  sources      : {', '.join(sources)}",
+        file=sys.stderr,
+    )
+    return extension_class(
+        name="pyae._C",
+        sources=sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=define_macros,
+        extra_compile_args=extra,
+        py_limited_api=True,
+    )
+
+
+setup(
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)

@@ -1,0 +1,29 @@
+"""Plain-PyTorch float64 references for pyae's operators, written straight from DESIGN.md."""
+
+import torch
+
+
+def sigmoid_encoder(x, weight, bias=None):
+    """(hidden, mean_activation, contractive) computed in float64 with autograd-able torch ops."""
+    x64, w64 = x.double(), weight.double()
+    a = x64 @ w64.T
+    if bias is not None:
+        a = a + bias.double()
+    h = torch.sigmoid(a)
+    d = h * (1 - h)
+    c = (w64 * w64).sum(1)
+    contractive = (d * d * c).sum(1).mean()
+    return h, h.mean(0), contractive
+
+
+def contractive_by_jacobian(x, weight, bias=None):
+    """The same penalty the slow, general way: the Jacobian of each example's code by jacrev."""
+
+    def encode_one(example):
+        a = weight.double() @ example
+        if bias is not None:
+            a = a + bias.double()
+        return torch.sigmoid(a)
+
+    jacobians = torch.func.vmap(torch.func.jacrev(encode_one))(x.double())  # (B, k, n)
+    return jacobians.pow(2).sum((1, 2)).mean()

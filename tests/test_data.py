@@ -1,0 +1,413 @@
+"""pyae.data: the IDX reader, the embedded MNIST, loading from a directory, download."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyae import data
+
+MNIST_DIR = Path(data.__file__).resolve().parent / "mnist"
+
+_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
+
+
+def idx_bytes(arr: np.ndarray, *, code: int | None = None) -> bytes:
+    """Serialize ``arr`` as IDX (big-endian), the way the MNIST files are laid out."""
+    arr = np.asarray(arr)
+    code = _CODES[arr.dtype.type] if code is None else code
+    header = bytes([0, 0, code, arr.ndim]) + np.asarray(arr.shape, dtype=">u4").tobytes()
+    return header + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx(path: Path, arr: np.ndarray, *, gz: bool = False) -> Path:
+    raw = idx_bytes(arr)
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+def fake_mnist(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------- embedded
+
+
+def test_embedded_train():
+    x, y = data.load_mnist()
+    assert x.shape == (5000, 784) and x.dtype == torch.float32
+    assert y.shape == (5000,) and y.dtype == torch.int64
+    assert x.min() == 0.0 and x.max() == 1.0
+    assert torch.equal(torch.bincount(y, minlength=10), torch.full((10,), 500))
+    # Sorted by class, as the README says.
+    assert torch.equal(y, torch.arange(10).repeat_interleave(500))
+
+
+def test_embedded_test():
+    x, y = data.load_mnist(split="test", dtype=torch.float64)
+    assert x.shape == (10000, 784) and x.dtype == torch.float64
+    assert y.shape == (10000,) and y.dtype == torch.int64
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    # The official test set's class counts.
+    assert torch.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    # Pixel values come from bytes: multiples of 1/255.
+    assert torch.allclose(x * 255, (x * 255).round())
+
+
+def test_embedded_sha256_matches_readme():
+    table = dict(re.findall(r"^\|\s*(\S+\.gz)\s*\|.*\|\s*([0-9a-f]{64})\s*\|\s*$",
+                            (MNIST_DIR / "README.md").read_text(), re.M))
+    assert len(table) == 4
+    for name, sha in table.items():
+        assert hashlib.sha256(gzip.decompress((MNIST_DIR / name).read_bytes())).hexdigest() == sha, name
+
+
+def test_embedded_test_split_is_official_t10k():
+    # md5 of the decompressed official t10k files, as published alongside MNIST and used
+    # by many loaders (the torchvision md5s are of the .gz, which was recompressed here).
+    known = {"t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+             "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637"}
+    for name, md5 in known.items():
+        assert hashlib.md5(gzip.decompress((MNIST_DIR / name).read_bytes())).hexdigest() == md5
+
+
+def test_dtype_and_device():
+    x, y = data.load_mnist(split="train", dtype=torch.bfloat16, device="cpu")
+    assert x.dtype == torch.bfloat16 and x.device.type == "cpu" and y.device.type == "cpu"
+    with pytest.raises(ValueError, match="dtype"):
+        data.load_mnist(dtype=torch.int64)
+
+
+def test_bad_split():
+    with pytest.raises(ValueError, match=r"split.*'train'.*'test'.*'valid'"):
+        data.load_mnist(split="valid")
+
+
+def test_module_constants():
+    assert data.DEFAULT_MNIST_URL.startswith("https://") and data.DEFAULT_MNIST_URL.endswith("/")
+    assert set(data.MNIST_FILES) == {
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+    }
+    assert all(re.fullmatch(r"[0-9a-f]{32}", v) for v in data.MNIST_FILES.values())
+
+
+# ---------------------------------------------------------------------- read_idx
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_roundtrip(tmp_path, dtype, gz):
+    rng = np.random.default_rng(1)
+    arr = (rng.standard_normal((3, 4, 5)) * 100).astype(dtype)
+    # The name says nothing: compression is detected from the content.
+    out = data.read_idx(write_idx(tmp_path / "a-file", arr, gz=gz))
+    assert out.dtype == np.dtype(dtype) and out.dtype.isnative
+    assert out.shape == (3, 4, 5)
+    np.testing.assert_array_equal(out, arr)
+    assert out.flags.writeable
+    torch.from_numpy(out)  # no read-only / byte-order complaints
+
+
+def test_read_idx_shapes(tmp_path):
+    one_d = np.arange(7, dtype=np.uint8)
+    np.testing.assert_array_equal(data.read_idx(write_idx(tmp_path / "a.gz", one_d)), one_d)
+    empty = np.zeros((0, 28, 28), dtype=np.uint8)
+    assert data.read_idx(write_idx(tmp_path / "b", empty, gz=True)).shape == (0, 28, 28)
+
+
+def test_read_idx_accepts_str_path(tmp_path):
+    p = write_idx(tmp_path / "c", np.arange(3, dtype=np.int32))
+    np.testing.assert_array_equal(data.read_idx(str(p)), [0, 1, 2])
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize(
+    "mangle, match",
+    [
+        (lambda b: b"\x01" + b[1:], "magic"),
+        (lambda b: b[:1] + b"\x07" + b[2:], "magic"),
+        (lambda b: b[:2] + b"\x0a" + b[3:], "type code 0x0A"),
+        (lambda b: b[:3], "not an IDX file"),
+        (lambda b: b[:10], "truncated IDX header"),
+        (lambda b: b[:-1], "truncated IDX data"),
+        (lambda b: b + b"\x00\x00", "2 trailing bytes"),
+    ],
+    ids=["magic0", "magic1", "code", "tiny", "header", "data", "trailing"],
+)
+def test_read_idx_malformed(tmp_path, gz, mangle, match):
+    raw = mangle(idx_bytes(np.zeros((2, 3, 4), dtype=np.uint8)))
+    p = tmp_path / "bad-idx3-ubyte"
+    p.write_bytes(gzip.compress(raw) if gz else raw)
+    with pytest.raises(ValueError, match=match) as info:
+        data.read_idx(p)
+    assert str(p) in str(info.value)
+
+
+@pytest.mark.parametrize("mangle", [lambda b: b[: len(b) // 2], lambda b: b[:10] + b"\xff" * 8 + b[18:]],
+                         ids=["cut", "garbled"])
+def test_read_idx_corrupt_gzip(tmp_path, mangle):
+    p = tmp_path / "x.gz"
+    p.write_bytes(mangle(gzip.compress(idx_bytes(np.arange(1000, dtype=np.int32)))))
+    with pytest.raises(ValueError, match="gzip") as info:
+        data.read_idx(p)
+    assert str(p) in str(info.value)
+
+
+def test_read_idx_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope"):
+        data.read_idx(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------- directories
+
+
+def make_mnist_dir(root: Path, *, n_train: int = 12, n_test: int = 7, gz: bool = False) -> dict:
+    root.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, stem, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        x, y = fake_mnist(n, seed=n)
+        suffix = ".gz" if gz else ""
+        write_idx(root / f"{stem}-images-idx3-ubyte{suffix}", x, gz=gz)
+        write_idx(root / f"{stem}-labels-idx1-ubyte{suffix}", y, gz=gz)
+        arrays[split] = (x, y)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_load_from_directory(tmp_path, gz, split):
+    arrays = make_mnist_dir(tmp_path, gz=gz)
+    x, y = data.load_mnist(tmp_path, split)
+    ex, ey = arrays[split]
+    assert x.shape == (len(ex), 784) and x.dtype == torch.float32
+    torch.testing.assert_close(x, torch.from_numpy(ex.reshape(len(ex), -1)).float() / 255)
+    assert y.dtype == torch.int64 and y.tolist() == ey.tolist()
+
+
+def test_load_mixed_raw_and_gz(tmp_path):
+    x_arr, y_arr = fake_mnist(5)
+    write_idx(tmp_path / "train-images-idx3-ubyte", x_arr)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", y_arr, gz=True)
+    x, y = data.load_mnist(str(tmp_path))
+    assert x.shape == (5, 784) and y.tolist() == y_arr.tolist()
+
+
+def test_load_torchvision_layout(tmp_path):
+    make_mnist_dir(tmp_path / "MNIST" / "raw")
+    x, _ = data.load_mnist(tmp_path, "test")
+    assert x.shape == (7, 784)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="download_mnist") as info:
+        data.load_mnist(tmp_path / "absent")
+    assert "train-images-idx3-ubyte" in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    make_mnist_dir(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    data.load_mnist(tmp_path, "train")  # the other split is still complete
+    with pytest.raises(FileNotFoundError) as info:
+        data.load_mnist(tmp_path, "test")
+    msg = str(info.value)
+    assert "t10k-labels-idx1-ubyte" in msg and "download_mnist" in msg and "'test'" in msg
+
+
+def _replace(tmp_path: Path, name: str, arr: np.ndarray) -> Path:
+    make_mnist_dir(tmp_path)
+    return write_idx(tmp_path / name, arr)
+
+
+def test_label_out_of_range(tmp_path):
+    p = _replace(tmp_path, "train-labels-idx1-ubyte", np.array([0, 1, 10] + [0] * 9, dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"0\.\.9") as info:
+        data.load_mnist(tmp_path)
+    assert str(p) in str(info.value)
+
+
+def test_count_mismatch(tmp_path):
+    p = _replace(tmp_path, "train-labels-idx1-ubyte", np.zeros(11, dtype=np.uint8))
+    with pytest.raises(ValueError, match="11 labels.*12 images") as info:
+        data.load_mnist(tmp_path)
+    assert str(p) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "images",
+    [np.zeros((3, 28, 27), np.uint8), np.zeros((3, 784), np.uint8), np.zeros((3, 28, 28), np.float32)],
+    ids=["width", "flat", "dtype"],
+)
+def test_bad_images(tmp_path, images):
+    p = _replace(tmp_path, "t10k-images-idx3-ubyte", images)
+    with pytest.raises(ValueError, match=r"\(N, 28, 28\)") as info:
+        data.load_mnist(tmp_path, "test")
+    assert str(p) in str(info.value)
+
+
+def test_bad_labels_shape(tmp_path):
+    p = _replace(tmp_path, "t10k-labels-idx1-ubyte", np.zeros((7, 1), np.uint8))
+    with pytest.raises(ValueError, match=r"\(N,\)") as info:
+        data.load_mnist(tmp_path, "test")
+    assert str(p) in str(info.value)
+
+
+# ---------------------------------------------------------------------- download
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A local HTTP server over a directory of small fake MNIST .gz files.
+
+    Yields (base_url, served_dir, checksums, requests): `requests` lists the paths asked for.
+    """
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+    served = tmp_path / "served"
+    make_mnist_dir(served, gz=True)
+    checksums = {name: hashlib.md5((served / name).read_bytes()).hexdigest() for name in data.MNIST_FILES}
+    requests: list[str] = []
+
+    class Handler(_Handler):
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(served))
+    )
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/", served, checksums, requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("."))
+
+
+def test_download_success(tmp_path, server):
+    base, served, checksums, requests = server
+    root = tmp_path / "new" / "mnist"  # parents get created
+    out = data.download_mnist(root, base_url=base, checksums=checksums, timeout=5)
+    assert out == str(root)
+    assert sorted(p.name for p in root.iterdir()) == sorted(data.MNIST_FILES)
+    for name in data.MNIST_FILES:
+        assert (root / name).read_bytes() == (served / name).read_bytes()
+    assert len(requests) == 4
+    x, y = data.load_mnist(root, "test")  # what was downloaded loads
+    assert x.shape == (7, 784) and y.shape == (7,)
+
+
+def test_download_base_url_without_slash(tmp_path, server):
+    base, _, checksums, _ = server
+    data.download_mnist(tmp_path / "m", base_url=base.rstrip("/"), checksums=checksums, timeout=5)
+    assert len(list((tmp_path / "m").iterdir())) == 4
+
+
+def test_download_algorithm_prefix(tmp_path, server):
+    base, served, _, _ = server
+    sha = {n: "sha256:" + hashlib.sha256((served / n).read_bytes()).hexdigest() for n in data.MNIST_FILES}
+    data.download_mnist(tmp_path / "m", base_url=base, checksums=sha, timeout=5)
+    assert len(list((tmp_path / "m").iterdir())) == 4
+
+
+def test_download_skips_existing_and_force(tmp_path, server):
+    base, _, checksums, requests = server
+    root = tmp_path / "m"
+    data.download_mnist(root, base_url=base, checksums=checksums, timeout=5)
+    assert len(requests) == 4
+    data.download_mnist(root, base_url=base, checksums=checksums, timeout=5)
+    assert len(requests) == 4  # all present and valid: nothing fetched
+    data.download_mnist(root, base_url=base, checksums=checksums, timeout=5, force=True)
+    assert len(requests) == 8
+
+
+def test_download_replaces_corrupt_existing(tmp_path, server):
+    base, served, checksums, requests = server
+    root = tmp_path / "m"
+    root.mkdir()
+    name = "t10k-labels-idx1-ubyte.gz"
+    (root / name).write_bytes(b"junk")
+    data.download_mnist(root, base_url=base, checksums=checksums, timeout=5)
+    assert (root / name).read_bytes() == (served / name).read_bytes()
+    assert len(requests) == 4
+
+
+def test_download_checksum_mismatch(tmp_path, server):
+    base, _, checksums, _ = server
+    name = "train-images-idx3-ubyte.gz"  # the first one fetched
+    bad = dict(checksums, **{name: "0" * 32})
+    root = tmp_path / "m"
+    with pytest.raises(data.ChecksumError, match="checksum mismatch") as info:
+        data.download_mnist(root, base_url=base, checksums=bad, timeout=5)
+    assert isinstance(info.value, ValueError) and name in str(info.value)
+    assert list(root.iterdir()) == []  # no file, no temp file
+
+
+def test_download_checksum_mismatch_keeps_existing(tmp_path, server):
+    base, _, checksums, _ = server
+    root = tmp_path / "m"
+    root.mkdir()
+    name = "t10k-images-idx3-ubyte.gz"
+    (root / name).write_bytes(b"old")
+    with pytest.raises(data.ChecksumError):
+        data.download_mnist(root, base_url=base, checksums=dict(checksums, **{name: "1" * 32}), timeout=5)
+    assert (root / name).read_bytes() == b"old"
+    assert _leftovers(root) == []
+
+
+def test_download_404(tmp_path, server):
+    base, served, checksums, _ = server
+    (served / "t10k-images-idx3-ubyte.gz").unlink()
+    root = tmp_path / "m"
+    with pytest.raises(data.DownloadError, match="404") as info:
+        data.download_mnist(root, base_url=base, checksums=checksums, timeout=5)
+    assert isinstance(info.value, OSError)
+    assert "t10k-images-idx3-ubyte.gz" in str(info.value)
+    assert not (root / "t10k-images-idx3-ubyte.gz").exists()
+    assert _leftovers(root) == []
+
+
+def test_download_unreachable(tmp_path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    checksums = {n: "0" * 32 for n in data.MNIST_FILES}
+    with pytest.raises(data.DownloadError, match="127.0.0.1"):
+        data.download_mnist(tmp_path / "m", base_url=f"http://127.0.0.1:{port}/", checksums=checksums, timeout=2)
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_download_checksums_must_cover_all_files(tmp_path):
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz"):
+        data.download_mnist(tmp_path, base_url="http://127.0.0.1:9/",
+                            checksums={n: "0" * 32 for n in list(data.MNIST_FILES)[:3]})
+    with pytest.raises(ValueError, match="algorithm"):
+        data.download_mnist(tmp_path, base_url="http://127.0.0.1:9/",
+                            checksums={n: "crc99:00" for n in data.MNIST_FILES})
