@@ -48,6 +48,22 @@ def _locate_cuda_home():
     return None
 
 
+def _cuda_library_include_dirs():
+    """Header folders for the CUDA libraries torch's headers include (cusparse.h, cublas_v2.h)
+    when the toolkit in CUDA_HOME lacks them: a pip-installed torch brings them as
+    ``nvidia-*`` wheels."""
+    if cuda_home and os.path.isfile(os.path.join(cuda_home, "include", "cusparse.h")):
+        return []
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    folders = set()
+    for root in getattr(nvidia, "__path__", []):
+        folders.update(os.path.dirname(h) for h in glob.glob(os.path.join(root, "*", "include", "cusparse.h")))
+    return sorted(folders)
+
+
 def _flag(name):
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -90,7 +106,9 @@ def _extension():
     # registers operators and exposes no Python functions of its own.
     define_macros = [("Py_LIMITED_API", "0x03090000")]
     extra = {"cxx": cxx_flags}
+    include_dirs = [os.path.join(ROOT, "csrc")]
     if use_cuda:
+        include_dirs += _cuda_library_include_dirs()
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         extra["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
         if not debug:
@@ -108,13 +126,14 @@ def _extension():
         f"  arch list    : {arch if use_cuda else '-'}\n"
         f"  MAX_JOBS     : {os.environ.get('MAX_JOBS', '(ninja default)')}\n"
         f"  DEBUG        : {debug}\n"
-        f"  sources      : {', '.join(sources)}",
+        f"  sources      : {', '.join(sources)}\n"
+        f"  include dirs : {', '.join(include_dirs)}",
         file=sys.stderr,
     )
     return extension_class(
         name="pyae._C",
         sources=sources,
-        include_dirs=[os.path.join(ROOT, "csrc")],
+        include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args=extra,
         py_limited_api=True,

@@ -1,0 +1,611 @@
+// CUDA backend of the sigmoid encoder operators: the fused passes over (B, k).
+//
+// The matrix products stay in cuBLAS (encoder_host.h); these kernels do everything around
+// them, in as few launches and memory passes as possible:
+//
+//   forward   activate_kernel            h = sigmoid(a) in place, per-chunk column sums of h, d^2
+//             forward_finalize_kernel    mean_activation, c_l = ||W_l||^2, contractive scalar
+//   backward  squared_row_norms_kernel   c_l (only when grad_contractive is given)
+//             delta_kernel               delta_a, per-chunk column sums of delta_a, d^2
+//             backward_finalize_kernel   grad_bias, row_scale (only when either is wanted)
+//
+// Determinism: every floating-point sum is taken in an order fixed by the shapes alone.
+// The (B, k) passes split the rows into chunks whose size depends only on (B, k) and the
+// dtype (not on pointer alignment, not on the device), each thread adds its rows
+// in ascending order, the row lanes of a block are combined in lane order, each chunk writes
+// its own partial column sums (no floating atomics), and the finalize kernels add the chunks
+// in chunk order. The one atomic is an integer ticket that elects which block of the forward
+// finalize adds the per-block contractive terms; that block adds them in block order, so the
+// choice of block does not change the result.
+//
+// No host synchronization anywhere: grad_contractive is read through its device pointer
+// inside the kernels, every launch goes to the current stream, and the workspace comes from
+// the caching allocator, so both operators can be captured in a CUDA graph.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "encoder_host.h"
+#include "encoder_math.h"
+
+namespace pyae {
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Geometry of the fused (B, k) passes.
+//
+// A block is kColumnThreads x kRowLanes threads. Thread (tx, ty) owns VEC consecutive
+// columns, so a warp (one ty) reads 32 * VEC consecutive elements of one row: coalesced,
+// with VEC-wide vector loads. The ty lanes walk the rows of the block's chunk with stride
+// kRowLanes. blockIdx.x picks the column tile, blockIdx.y the row chunk.
+constexpr int kColumnThreads = 32;
+constexpr int kRowLanes = 4;
+constexpr int kPassThreads = kColumnThreads * kRowLanes;  // 128
+// Chunking aims at about kTargetBlocks blocks (about 4 blocks of 128 threads per SM of a
+// 132-SM H100/H200; B=256, k=1000 gets 256 blocks), but never fewer than kMinRowsPerChunk
+// rows per chunk, which bounds the partial-sum workspace to 2 / kMinRowsPerChunk floats
+// per element of (B, k). Both are constants, so the chunking is a function of the shapes.
+constexpr int64_t kTargetBlocks = 512;
+constexpr int64_t kMinRowsPerChunk = 2 * kRowLanes;
+
+// The finalize kernels: a block of kFinalizeColumns columns x kFinalizeLanes lanes, lane ty
+// adds chunks ty, ty + kFinalizeLanes, ... of its column.
+constexpr int kFinalizeColumns = 16;
+constexpr int kFinalizeLanes = 16;
+constexpr int kFinalizeThreads = kFinalizeColumns * kFinalizeLanes;  // 256
+constexpr int kFinalizeWarps = kFinalizeThreads / 32;
+
+// Squared row norms: one warp per row of weight.
+constexpr int kNormThreads = 256;
+constexpr int kNormWarps = kNormThreads / 32;
+
+// Vector width in elements: 16-byte loads for float and double, 8-byte loads for the
+// 16-bit types (wider would halve the column tiles and leave SMs idle at k = 1000).
+template <typename scalar_t>
+constexpr int pack_width() {
+  return sizeof(scalar_t) >= 8 ? 2 : 4;
+}
+
+// Rows each lane loads before it computes: enough bytes in flight per thread (~64) to cover
+// memory latency at the large sizes, where a pass has only ~4 blocks per SM. The delta pass
+// reads two arrays (h and grad_hidden), so it gets there with half the rows.
+template <typename scalar_t, int VEC>
+constexpr int row_unroll(int streams) {
+  return (VEC * sizeof(scalar_t) >= 16 ? 4 : 8) / streams;
+}
+// The passes launch about kTargetBlocks = 512 blocks: 4 resident blocks per SM (registers
+// <= 128 per thread) run them in a single wave on 132 SMs.
+constexpr int kPassMinBlocksPerSM = 4;
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T val[N];
+};
+
+template <int VEC, typename scalar_t>
+__device__ __forceinline__ Pack<scalar_t, VEC> load_pack(const scalar_t* p) {
+  return *reinterpret_cast<const Pack<scalar_t, VEC>*>(p);
+}
+
+template <int VEC, typename scalar_t>
+__device__ __forceinline__ void store_pack(scalar_t* p, const Pack<scalar_t, VEC>& v) {
+  *reinterpret_cast<Pack<scalar_t, VEC>*>(p) = v;
+}
+
+// ---------------------------------------------------------------------------------------
+// Device helpers shared by the kernels.
+
+// Combines the kRowLanes lane sums of a block in lane order and writes the block's chunk
+// partials: partials[chunk][j][col], j = 0 (h or delta) and 1 (d^2). All threads of the
+// block share the writes so that they are coalesced.
+template <typename acc_t, int kTile>
+__device__ __forceinline__ void store_chunk_partials(
+    const acc_t (&lane_sums)[kRowLanes][2][kTile], acc_t* __restrict__ partials, int64_t k, int64_t tile_begin,
+    int64_t chunk) {
+  const int tid = threadIdx.y * kColumnThreads + threadIdx.x;
+  for (int o = tid; o < 2 * kTile; o += kPassThreads) {
+    const int j = o / kTile;
+    const int c = o % kTile;
+    const int64_t col = tile_begin + c;
+    if (col < k) {
+      acc_t total = lane_sums[0][j][c];
+#pragma unroll
+      for (int lane = 1; lane < kRowLanes; ++lane) total += lane_sums[lane][j][c];
+      partials[(chunk * 2 + j) * k + col] = total;
+    }
+  }
+}
+
+// Thread (tx, ty) of a finalize block adds chunks ty, ty + kFinalizeLanes, ... of column
+// tile_begin + tx into lane_sums[ty][j][tx]; the caller syncs and combines the lanes.
+template <typename acc_t>
+__device__ __forceinline__ void sum_chunk_lanes(
+    const acc_t* __restrict__ partials, int64_t chunks, int64_t k, int64_t tile_begin,
+    acc_t (&lane_sums)[kFinalizeLanes][2][kFinalizeColumns]) {
+  const int tx = threadIdx.x % kFinalizeColumns;
+  const int ty = threadIdx.x / kFinalizeColumns;
+  const int64_t col = tile_begin + tx;
+  acc_t s0 = 0, s1 = 0;
+  if (col < k) {
+    for (int64_t chunk = ty; chunk < chunks; chunk += kFinalizeLanes) {
+      s0 += partials[(chunk * 2) * k + col];
+      s1 += partials[(chunk * 2 + 1) * k + col];
+    }
+  }
+  lane_sums[ty][0][tx] = s0;
+  lane_sums[ty][1][tx] = s1;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t combine_lanes(const acc_t (&lane_sums)[kFinalizeLanes][2][kFinalizeColumns], int j, int c) {
+  acc_t total = lane_sums[0][j][c];
+#pragma unroll
+  for (int lane = 1; lane < kFinalizeLanes; ++lane) total += lane_sums[lane][j][c];
+  return total;
+}
+
+// ||row||^2 over n elements by one warp: each lane adds a strided slice in order, then a
+// fixed xor butterfly combines the lanes (every lane ends with the same total).
+template <int VEC, typename scalar_t>
+__device__ __forceinline__ at::opmath_type<scalar_t> warp_squared_norm(const scalar_t* __restrict__ row, int64_t n, int lane) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t total = 0;
+  const int64_t packs = n / VEC;  // the host picks VEC > 1 only when VEC divides n
+#pragma unroll 4
+  for (int64_t p = lane; p < packs; p += 32) {
+    const Pack<scalar_t, VEC> w = load_pack<VEC>(row + p * VEC);
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const acc_t x = static_cast<acc_t>(w.val[v]);
+      total += x * x;
+    }
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
+  return total;
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward.
+
+// hidden (B, k) holds a on entry and h = sigmoid(a) on exit. Block (tile, chunk) writes
+// partials[chunk][0][l] = sum_i h_il and partials[chunk][1][l] = sum_i d_il^2 over the rows
+// of its chunk, for the columns of its tile. h and d are taken before h is rounded to
+// scalar_t, as on the CPU. Block (0, 0) also zeroes the ticket counter of the finalize
+// kernel that follows on the same stream.
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kPassThreads, kPassMinBlocksPerSM) activate_kernel(
+    scalar_t* __restrict__ hidden, int64_t B, int64_t k, int64_t rows_per_chunk,
+    at::opmath_type<scalar_t>* __restrict__ partials, unsigned int* __restrict__ counter) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kTile = kColumnThreads * VEC;
+  constexpr int kUnroll = row_unroll<scalar_t, VEC>(1);
+  __shared__ acc_t lane_sums[kRowLanes][2][kTile];
+
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t tile_begin = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t col = tile_begin + tx * VEC;
+  const int64_t row_begin = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
+  const int64_t row_end = row_begin + rows_per_chunk < B ? row_begin + rows_per_chunk : B;
+
+  acc_t h_sum[VEC], d2_sum[VEC];
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) h_sum[v] = d2_sum[v] = acc_t(0);
+
+  if (col < k) {
+    for (int64_t r = row_begin + ty; r < row_end; r += kRowLanes * kUnroll) {
+      // Issue all loads of the group first: the stores below go to the same array, and
+      // the compiler could not otherwise move later loads above them.
+      Pack<scalar_t, VEC> a[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t row = r + u * kRowLanes;
+        if (row < row_end) a[u] = load_pack<VEC>(hidden + row * k + col);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t row = r + u * kRowLanes;
+        if (row < row_end) {
+          Pack<scalar_t, VEC> out;
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) {
+            const acc_t h = sigmoid(static_cast<acc_t>(a[u].val[v]));
+            const acc_t d = sigmoid_slope(h);
+            out.val[v] = static_cast<scalar_t>(h);
+            h_sum[v] += h;
+            d2_sum[v] += d * d;
+          }
+          store_pack<VEC>(hidden + row * k + col, out);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) {
+    lane_sums[ty][0][tx * VEC + v] = h_sum[v];
+    lane_sums[ty][1][tx * VEC + v] = d2_sum[v];
+  }
+  __syncthreads();
+  store_chunk_partials<acc_t, kTile>(lane_sums, partials, k, tile_begin, blockIdx.y);
+
+  if (blockIdx.x == 0 && blockIdx.y == 0 && tx == 0 && ty == 0) *counter = 0u;
+}
+
+// Block b owns columns [16 b, 16 b + 16): it adds the chunk partials of its columns (chunk
+// order, then lane order), writes mean_activation_l = S_h,l / B, computes c_l = ||W_l||^2 for
+// its 16 rows of weight (a warp per row), and publishes its term sum_l c_l * S_d2,l to
+// block_terms[b]. The last block to finish (integer ticket) adds block_terms in block order
+// with a tree and writes contractive = total / B.
+template <typename scalar_t, int WVEC>
+__global__ void __launch_bounds__(kFinalizeThreads) forward_finalize_kernel(
+    const at::opmath_type<scalar_t>* __restrict__ partials, int64_t chunks, const scalar_t* __restrict__ weight,
+    int64_t B, int64_t k, int64_t n, scalar_t* __restrict__ mean_activation,
+    at::opmath_type<scalar_t>* __restrict__ block_terms, unsigned int* __restrict__ counter,
+    scalar_t* __restrict__ contractive) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t lane_sums[kFinalizeLanes][2][kFinalizeColumns];
+  __shared__ acc_t norms[kFinalizeColumns];
+  __shared__ acc_t column_terms[kFinalizeColumns];
+  __shared__ acc_t tree[kFinalizeThreads];
+  __shared__ bool is_last;
+
+  const int tid = threadIdx.x;
+  const int64_t tile_begin = static_cast<int64_t>(blockIdx.x) * kFinalizeColumns;
+  const acc_t batch = static_cast<acc_t>(B);
+
+  sum_chunk_lanes(partials, chunks, k, tile_begin, lane_sums);
+
+  // c_l for the block's rows: warp w takes rows w, w + kFinalizeWarps, ... (warp-uniform
+  // branches, so the shuffles see full warps).
+  const int warp = tid / 32, lane = tid % 32;
+  for (int r = warp; r < kFinalizeColumns; r += kFinalizeWarps) {
+    const int64_t row = tile_begin + r;
+    acc_t c = 0;
+    if (row < k) c = warp_squared_norm<WVEC>(weight + row * n, n, lane);
+    if (lane == 0) norms[r] = c;
+  }
+  __syncthreads();
+
+  if (tid < kFinalizeColumns) {
+    const int64_t col = tile_begin + tid;
+    acc_t term = 0;
+    if (col < k) {
+      mean_activation[col] = static_cast<scalar_t>(combine_lanes(lane_sums, 0, tid) / batch);
+      term = norms[tid] * combine_lanes(lane_sums, 1, tid);
+    }
+    column_terms[tid] = term;
+  }
+  __syncthreads();
+
+  if (tid == 0) {
+    acc_t block_term = 0;
+#pragma unroll
+    for (int c = 0; c < kFinalizeColumns; ++c) block_term += column_terms[c];
+    block_terms[blockIdx.x] = block_term;
+    // Make the term visible device-wide before taking a ticket, so that the block that
+    // draws the last ticket sees every term.
+    __threadfence();
+    is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!is_last) return;  // block-uniform
+
+  __threadfence();
+  acc_t sum = 0;
+  for (int64_t b = tid; b < gridDim.x; b += kFinalizeThreads) sum += __ldcg(block_terms + b);  // L2, not a stale L1
+  tree[tid] = sum;
+  __syncthreads();
+#pragma unroll
+  for (int stride = kFinalizeThreads / 2; stride > 0; stride >>= 1) {
+    if (tid < stride) tree[tid] += tree[tid + stride];
+    __syncthreads();
+  }
+  if (tid == 0) *contractive = static_cast<scalar_t>(tree[0] / batch);
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward.
+
+// c_l = ||W_l||^2, one warp per row.
+template <typename scalar_t, int WVEC>
+__global__ void __launch_bounds__(kNormThreads) squared_row_norms_kernel(
+    const scalar_t* __restrict__ weight, int64_t k, int64_t n, at::opmath_type<scalar_t>* __restrict__ norms) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kNormWarps + threadIdx.x / 32;
+  if (row >= k) return;  // warp-uniform
+  const int lane = threadIdx.x % 32;
+  const auto c = warp_squared_norm<WVEC>(weight + row * n, n, lane);
+  if (lane == 0) norms[row] = c;
+}
+
+// delta_il = pre_activation_grad(h_il, g_h,il + g_rho,l / B, g_c * (2/B) * c_l), with each
+// absent gradient (null pointer) read as zero. When partials is not null, block (tile, chunk)
+// also writes partials[chunk][0][l] = sum_i delta_il and partials[chunk][1][l] = sum_i d_il^2
+// over its chunk's rows. g_c is read here, on the device, so the host never waits for it.
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kPassThreads, kPassMinBlocksPerSM) delta_kernel(
+    const scalar_t* __restrict__ hidden, const scalar_t* __restrict__ grad_hidden,
+    const scalar_t* __restrict__ grad_mean_activation, const scalar_t* __restrict__ grad_contractive,
+    const at::opmath_type<scalar_t>* __restrict__ row_norms, scalar_t* __restrict__ delta, int64_t B, int64_t k,
+    int64_t rows_per_chunk, at::opmath_type<scalar_t>* __restrict__ partials) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kTile = kColumnThreads * VEC;
+  constexpr int kUnroll = row_unroll<scalar_t, VEC>(2);
+  __shared__ acc_t lane_sums[kRowLanes][2][kTile];
+
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t tile_begin = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t col = tile_begin + tx * VEC;
+  const int64_t row_begin = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
+  const int64_t row_end = row_begin + rows_per_chunk < B ? row_begin + rows_per_chunk : B;
+  const bool reduce = partials != nullptr;
+
+  acc_t delta_sum[VEC], d2_sum[VEC];
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) delta_sum[v] = d2_sum[v] = acc_t(0);
+
+  if (col < k) {
+    // Per-column terms, the same expressions as the CPU backend.
+    const acc_t inv_batch = acc_t(1) / static_cast<acc_t>(B);
+    const acc_t contractive_scale =
+        grad_contractive != nullptr ? static_cast<acc_t>(*grad_contractive) * 2 * inv_batch : acc_t(0);
+    acc_t rho_term[VEC], coef[VEC];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      rho_term[v] = grad_mean_activation != nullptr ? static_cast<acc_t>(grad_mean_activation[col + v]) * inv_batch
+                                                    : acc_t(0);
+      coef[v] = grad_contractive != nullptr ? row_norms[col + v] * contractive_scale : acc_t(0);
+    }
+
+    for (int64_t r = row_begin + ty; r < row_end; r += kRowLanes * kUnroll) {
+      Pack<scalar_t, VEC> h[kUnroll], g[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t row = r + u * kRowLanes;
+        if (row < row_end) {
+          h[u] = load_pack<VEC>(hidden + row * k + col);
+          if (grad_hidden != nullptr) g[u] = load_pack<VEC>(grad_hidden + row * k + col);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t row = r + u * kRowLanes;
+        if (row < row_end) {
+          Pack<scalar_t, VEC> out;
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) {
+            const acc_t value = static_cast<acc_t>(h[u].val[v]);
+            const acc_t upstream = (grad_hidden != nullptr ? static_cast<acc_t>(g[u].val[v]) : acc_t(0)) + rho_term[v];
+            const acc_t delta_il = pre_activation_grad(value, upstream, coef[v]);
+            out.val[v] = static_cast<scalar_t>(delta_il);
+            if (reduce) {
+              const acc_t d = sigmoid_slope(value);
+              delta_sum[v] += delta_il;
+              d2_sum[v] += d * d;
+            }
+          }
+          store_pack<VEC>(delta + row * k + col, out);
+        }
+      }
+    }
+  }
+
+  if (!reduce) return;  // grid-uniform
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) {
+    lane_sums[ty][0][tx * VEC + v] = delta_sum[v];
+    lane_sums[ty][1][tx * VEC + v] = d2_sum[v];
+  }
+  __syncthreads();
+  store_chunk_partials<acc_t, kTile>(lane_sums, partials, k, tile_begin, blockIdx.y);
+}
+
+// Adds the chunk partials of the delta pass (chunk order, then lane order):
+// grad_bias_l = sum_i delta_il, row_scale_l = g_c * (2/B) * sum_i d_il^2. Either output may
+// be null (not wanted).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kFinalizeThreads) backward_finalize_kernel(
+    const at::opmath_type<scalar_t>* __restrict__ partials, int64_t chunks, int64_t B, int64_t k,
+    const scalar_t* __restrict__ grad_contractive, scalar_t* __restrict__ grad_bias, scalar_t* __restrict__ row_scale) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t lane_sums[kFinalizeLanes][2][kFinalizeColumns];
+  const int tid = threadIdx.x;
+  const int64_t tile_begin = static_cast<int64_t>(blockIdx.x) * kFinalizeColumns;
+
+  sum_chunk_lanes(partials, chunks, k, tile_begin, lane_sums);
+  __syncthreads();
+
+  const int64_t col = tile_begin + tid;
+  if (tid < kFinalizeColumns && col < k) {
+    if (grad_bias != nullptr) grad_bias[col] = static_cast<scalar_t>(combine_lanes(lane_sums, 0, tid));
+    if (row_scale != nullptr) {
+      const acc_t contractive_scale = static_cast<acc_t>(*grad_contractive) * 2 * (acc_t(1) / static_cast<acc_t>(B));
+      row_scale[col] = static_cast<scalar_t>(contractive_scale * combine_lanes(lane_sums, 1, tid));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Host side.
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+bool is_aligned(const void* p, size_t bytes) {
+  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
+
+// The geometry of a (B, k) pass. The row chunking is computed for the dtype's wide vector
+// width whatever width is launched, so it is a function of (B, k, dtype) alone: a column's
+// sum runs in the same order whether or not the pointers allowed vector loads.
+struct PassGrid {
+  int64_t column_tiles, chunks, rows_per_chunk;
+
+  PassGrid(int64_t B, int64_t k, int wide_width, int vec) {
+    const int64_t wide_tiles = ceil_div(k, static_cast<int64_t>(kColumnThreads) * wide_width);
+    const int64_t wanted = ceil_div(kTargetBlocks, wide_tiles);
+    const int64_t most = ceil_div(B, kMinRowsPerChunk);
+    rows_per_chunk = ceil_div(B, std::max<int64_t>(1, std::min(wanted, most)));
+    chunks = ceil_div(B, rows_per_chunk);  // <= kTargetBlocks, well under gridDim.y's 65535
+    column_tiles = ceil_div(k, static_cast<int64_t>(kColumnThreads) * vec);
+    TORCH_CHECK(
+        column_tiles <= std::numeric_limits<int32_t>::max(), "pyae: too many hidden units for one CUDA grid: ", k);
+  }
+  dim3 grid() const { return dim3(static_cast<unsigned>(column_tiles), static_cast<unsigned>(chunks)); }
+  static dim3 block() { return dim3(kColumnThreads, kRowLanes); }
+};
+
+// Calls f(std::integral_constant<int, W>) with W = wide_width when wide, else 1: the kernels
+// take their vector width as a template argument.
+template <int kWide, typename F>
+void with_width(bool wide, const F& f) {
+  if (wide) {
+    f(std::integral_constant<int, kWide>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
+}
+
+at::ScalarType opmath_dtype(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+struct CudaBackend {
+  static std::tuple<at::Tensor, at::Tensor> activate_and_reduce(at::Tensor& hidden, const at::Tensor& weight) {
+    const c10::cuda::CUDAGuard device_guard(hidden.device());
+    const int64_t B = hidden.size(0), k = hidden.size(1), n = weight.size(1);
+    at::Tensor mean_activation = at::empty({k}, hidden.options());
+    if (k == 0) {
+      // Nothing to activate; the penalty of zero hidden units is 0.
+      return {mean_activation, at::zeros({}, hidden.options())};
+    }
+    at::Tensor contractive = at::empty({}, hidden.options());
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "pyae_sigmoid_encoder_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      constexpr int kWide = pack_width<scalar_t>();
+      scalar_t* h = hidden.mutable_data_ptr<scalar_t>();
+      const scalar_t* w = weight.const_data_ptr<scalar_t>();
+      const bool wide_rows = k % kWide == 0 && is_aligned(h, kWide * sizeof(scalar_t));
+      const bool wide_weight = n % kWide == 0 && is_aligned(w, kWide * sizeof(scalar_t));
+      const PassGrid pass(B, k, kWide, wide_rows ? kWide : 1);
+      const int64_t finalize_blocks = ceil_div(k, kFinalizeColumns);
+
+      // One workspace: chunk partials (chunks, 2, k) | one term per finalize block | the
+      // finalize's ticket counter (an unsigned int in the last slot).
+      at::Tensor workspace =
+          at::empty({pass.chunks * 2 * k + finalize_blocks + 1}, hidden.options().dtype(opmath_dtype(hidden.scalar_type())));
+      acc_t* partials = workspace.mutable_data_ptr<acc_t>();
+      acc_t* block_terms = partials + pass.chunks * 2 * k;
+      unsigned int* counter = reinterpret_cast<unsigned int*>(block_terms + finalize_blocks);
+
+      with_width<kWide>(wide_rows, [&](auto width) {
+        constexpr int VEC = decltype(width)::value;
+        activate_kernel<scalar_t, VEC>
+            <<<pass.grid(), PassGrid::block(), 0, stream>>>(h, B, k, pass.rows_per_chunk, partials, counter);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+      with_width<kWide>(wide_weight, [&](auto width) {
+        constexpr int WVEC = decltype(width)::value;
+        forward_finalize_kernel<scalar_t, WVEC><<<static_cast<unsigned>(finalize_blocks), kFinalizeThreads, 0, stream>>>(
+            partials, pass.chunks, w, B, k, n, mean_activation.mutable_data_ptr<scalar_t>(), block_terms, counter,
+            contractive.mutable_data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+    return {mean_activation, contractive};
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_pass(
+      const at::Tensor& hidden,
+      const at::Tensor& weight,
+      const c10::optional<at::Tensor>& grad_hidden,
+      const c10::optional<at::Tensor>& grad_mean_activation,
+      const c10::optional<at::Tensor>& grad_contractive,
+      bool want_column_sums,
+      bool want_row_scale) {
+    const c10::cuda::CUDAGuard device_guard(hidden.device());
+    const int64_t B = hidden.size(0), k = hidden.size(1), n = weight.size(1);
+    const bool has_contractive = grad_contractive.has_value();
+    want_row_scale = want_row_scale && has_contractive;
+    const bool reduce = want_column_sums || want_row_scale;
+
+    at::Tensor delta = at::empty({B, k}, hidden.options());
+    at::Tensor grad_bias, row_scale;
+    if (want_column_sums) grad_bias = at::empty({k}, hidden.options());
+    if (want_row_scale) row_scale = at::empty({k}, hidden.options());
+    if (k == 0) return {delta, grad_bias, row_scale};
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, hidden.scalar_type(), "pyae_sigmoid_encoder_backward_cuda", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          constexpr int kWide = pack_width<scalar_t>();
+          constexpr size_t kWideBytes = kWide * sizeof(scalar_t);
+          const scalar_t* h = hidden.const_data_ptr<scalar_t>();
+          const scalar_t* g_h = grad_hidden.has_value() ? grad_hidden->const_data_ptr<scalar_t>() : nullptr;
+          const scalar_t* g_rho =
+              grad_mean_activation.has_value() ? grad_mean_activation->const_data_ptr<scalar_t>() : nullptr;
+          const scalar_t* g_c = has_contractive ? grad_contractive->const_data_ptr<scalar_t>() : nullptr;
+          const scalar_t* w = weight.const_data_ptr<scalar_t>();
+          scalar_t* out = delta.mutable_data_ptr<scalar_t>();
+          const bool wide_rows = k % kWide == 0 && is_aligned(h, kWideBytes) && is_aligned(out, kWideBytes) &&
+              (g_h == nullptr || is_aligned(g_h, kWideBytes));
+          const bool wide_weight = n % kWide == 0 && is_aligned(w, kWideBytes);
+          const PassGrid pass(B, k, kWide, wide_rows ? kWide : 1);
+
+          // One workspace: c (k,) when g_c is given | chunk partials (chunks, 2, k) when
+          // a column sum is wanted.
+          const int64_t norms_size = has_contractive ? k : 0;
+          const int64_t partials_size = reduce ? pass.chunks * 2 * k : 0;
+          at::Tensor workspace =
+              at::empty({norms_size + partials_size}, hidden.options().dtype(opmath_dtype(hidden.scalar_type())));
+          acc_t* norms = has_contractive ? workspace.mutable_data_ptr<acc_t>() : nullptr;
+          acc_t* partials = reduce ? workspace.mutable_data_ptr<acc_t>() + norms_size : nullptr;
+
+          if (has_contractive) {
+            with_width<kWide>(wide_weight, [&](auto width) {
+              constexpr int WVEC = decltype(width)::value;
+              squared_row_norms_kernel<scalar_t, WVEC>
+                  <<<static_cast<unsigned>(ceil_div(k, kNormWarps)), kNormThreads, 0, stream>>>(w, k, n, norms);
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+            });
+          }
+          with_width<kWide>(wide_rows, [&](auto width) {
+            constexpr int VEC = decltype(width)::value;
+            delta_kernel<scalar_t, VEC><<<pass.grid(), PassGrid::block(), 0, stream>>>(
+                h, g_h, g_rho, g_c, norms, out, B, k, pass.rows_per_chunk, partials);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
+          if (reduce) {
+            backward_finalize_kernel<scalar_t>
+                <<<static_cast<unsigned>(ceil_div(k, kFinalizeColumns)), kFinalizeThreads, 0, stream>>>(
+                    partials, pass.chunks, B, k, g_c, want_column_sums ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr,
+                    want_row_scale ? row_scale.mutable_data_ptr<scalar_t>() : nullptr);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+        });
+    return {delta, grad_bias, row_scale};
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyae, CUDA, m) {
+  m.impl("sigmoid_encoder", &sigmoid_encoder_forward<CudaBackend>);
+  m.impl("sigmoid_encoder_backward", &sigmoid_encoder_backward<CudaBackend>);
+}
+
+}  // namespace pyae
