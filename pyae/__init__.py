@@ -3,7 +3,8 @@
 Fused CPU and CUDA kernels compute the sigmoid encoder together with the closed-form
 contractive penalty and the sparsity statistics (``pyae.ops``, ``pyae.functional``); thin
 modules build the plain, denoising, sparse and contractive autoencoders on them
-(``pyae.modules``). ``pyae.data`` reads MNIST (a subset ships with the package),
+(``pyae.modules``), and ``pyae.TrainStep`` runs a whole training step, on a GPU as one
+captured CUDA graph. ``pyae.data`` reads MNIST (a subset ships with the package),
 ``pyae.viz`` draws filters, and the ``pyae`` command runs the lecture's experiment.
 """
 
@@ -16,6 +17,7 @@ from pyae.modules import (
     SparseAutoencoder,
 )
 from pyae.ops import EncoderOutput, has_cuda_kernels
+from pyae.step import TrainStep
 
 __version__ = "0.1.0"
 
@@ -25,6 +27,7 @@ __all__ = [
     "ContractiveAutoencoder",
     "DenoisingAutoencoder",
     "SparseAutoencoder",
+    "TrainStep",
     "EncoderOutput",
     "functional",
     "ops",

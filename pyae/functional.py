@@ -111,7 +111,9 @@ def reconstruction_loss(output: Tensor, target: Tensor, kind: str = "mse", *, fr
             pre-activations (logits) when ``from_logits`` is true.
         target: the clean input ``x``, ``(B, n)``.
         kind: ``"mse"``, ``sum_j (xhat_j - x_j)^2``; or ``"cross_entropy"``,
-            ``-sum_j x_j log xhat_j + (1 - x_j) log(1 - xhat_j)`` (targets in ``[0, 1]``).
+            ``-sum_j x_j log xhat_j + (1 - x_j) log(1 - xhat_j)``. Its targets must lie in
+            ``[0, 1]``: CPU targets outside raise a ValueError here; CUDA targets are not
+            checked per call (that would synchronize every step), check them once up front.
         from_logits: the output holds logits ``z`` with ``xhat = sigmoid(z)``; the
             cross-entropy is then computed stably from the logits.
     """
@@ -124,9 +126,10 @@ def reconstruction_loss(output: Tensor, target: Tensor, kind: str = "mse", *, fr
             f"output and target must both be (batch, features) of one shape, got {tuple(output.shape)} "
             f"and {tuple(target.shape)}"
         )
-    if kind == "cross_entropy" and not torch.compiler.is_compiling():
-        # One reduction (and, on a GPU, one synchronization): the price of refusing targets
-        # that would silently give a meaningless loss.
+    if kind == "cross_entropy" and target.device.type == "cpu" and not torch.compiler.is_compiling():
+        # One cheap reduction to refuse targets that would give a meaningless loss. On an
+        # accelerator the check would cost a host synchronization in every training step (and
+        # forbid CUDA-graph capture), so there the data is checked once where it is loaded.
         low, high = torch.aminmax(target.detach())
         if low < 0 or high > 1:
             raise ValueError(

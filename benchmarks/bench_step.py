@@ -1,0 +1,329 @@
+"""One training step of a regularized sigmoid autoencoder: pyae against the peers a user would
+otherwise pick, measured side by side in one run (DESIGN.md, "Peers to measure against").
+
+Every peer computes the same thing from the same parameters: a 784-k-784 sigmoid autoencoder
+(untied weights, cross-entropy reconstruction from logits) with the contractive penalty and
+the KL sparsity penalty, forward and backward. Peers:
+
+    gemm         the step's five matrix products alone: the floor
+    plain        the same autoencoder without any regularizer, eager
+    eager        the closed-form penalties written with torch ops
+    compiled     eager under torch.compile
+    compiled_ro  eager under torch.compile(mode="reduce-overhead")       (CUDA)
+    graph        eager's whole step incl. an SGD update in one hand-captured CUDA graph (CUDA)
+    jacrev       the contractive penalty through vmap(jacrev(encoder))    (small batches)
+    pyae         pyae.Autoencoder's step, eager
+    pyae_compiled / pyae_compiled_ro   pyae's step under torch.compile
+    pyae_graph   pyae.TrainStep: pyae's whole step incl. the SGD update in one CUDA graph (CUDA)
+
+Timing: warm-up, then the median (and interquartile range) of --repeat timed steps, with CUDA
+events on a GPU. Memory: the bytes autograd saves for the backward (every device), and on
+CUDA the peak allocated during a step above what was allocated before it. Ratios are to
+`plain` in the same run. Writes a Markdown table to stdout and, with --json, the raw numbers.
+
+    python benchmarks/bench_step.py --device cpu
+    python benchmarks/bench_step.py --device cuda --dtype float32 bfloat16 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+import torch.nn.functional as F
+
+import pyae
+
+CONTRACTIVE_WEIGHT = 0.1
+SPARSITY_TARGET = 0.05
+SPARSITY_WEIGHT = 0.1
+LEARNING_RATE = 0.01
+
+
+# --------------------------------------------------------------------------------------
+# The peers' losses, written the way a careful user writes them.
+
+
+def plain_loss(x, W1, b1, W2, b2):
+    h = torch.sigmoid(F.linear(x, W1, b1))
+    logits = F.linear(h, W2, b2)
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[0]
+
+
+def kl_penalty(h):
+    rho = SPARSITY_TARGET
+    rho_hat = h.mean(0).clamp(1e-7, 1 - 1e-7)
+    return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
+
+
+def eager_loss(x, W1, b1, W2, b2):
+    h = torch.sigmoid(F.linear(x, W1, b1))
+    logits = F.linear(h, W2, b2)
+    reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[0]
+    d = h * (1 - h)
+    contractive = (d * d).matmul(W1.pow(2).sum(1)).mean()  # closed form: sum_l d_il^2 ||W_l||^2
+    return reconstruction + CONTRACTIVE_WEIGHT * contractive + SPARSITY_WEIGHT * kl_penalty(h)
+
+
+def jacrev_loss(x, W1, b1, W2, b2):
+    h = torch.sigmoid(F.linear(x, W1, b1))
+    logits = F.linear(h, W2, b2)
+    reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[0]
+    jacobians = torch.func.vmap(torch.func.jacrev(lambda v: torch.sigmoid(F.linear(v, W1, b1))))(x)
+    contractive = jacobians.pow(2).sum((1, 2)).mean()
+    return reconstruction + CONTRACTIVE_WEIGHT * contractive + SPARSITY_WEIGHT * kl_penalty(h)
+
+
+# --------------------------------------------------------------------------------------
+# Steps: each returns a zero-argument callable that runs one forward + backward.
+
+
+def make_model(n, k, device, dtype, seed=0):
+    torch.manual_seed(seed)
+    return pyae.Autoencoder(n, k, loss="cross_entropy", contractive_weight=CONTRACTIVE_WEIGHT,
+                            sparsity_target=SPARSITY_TARGET, sparsity_weight=SPARSITY_WEIGHT,
+                            device=device, dtype=dtype)
+
+
+def parameters_of(model):
+    return [model.encoder.weight, model.encoder.bias, model.decoder.weight, model.decoder.bias]
+
+
+def loss_step(loss_fn, x, params):
+    def step():
+        for p in params:
+            p.grad = None
+        loss_fn(x, *params).backward()
+    return step
+
+
+def gemm_step(x, params):
+    W1, _, W2, _ = [p.detach() for p in params]
+    B, n = x.shape
+    h = torch.empty(B, W1.shape[0], device=x.device, dtype=x.dtype).uniform_()
+    g = torch.randn(B, n, device=x.device, dtype=x.dtype)
+
+    def step():
+        a = x @ W1.t()          # encoder
+        z = h @ W2.t()          # decoder
+        gW2 = g.t() @ h         # decoder weight grad
+        gh = g @ W2             # back into the code
+        gW1 = gh.t() @ x        # encoder weight grad
+        return a, z, gW2, gW1
+    return step
+
+
+def graph_step(loss_fn, x, params):
+    """The whole step (forward, backward, foreach SGD update) captured in one CUDA graph."""
+    optimizer = torch.optim.SGD(params, lr=LEARNING_RATE, foreach=True)
+    static_x = x.clone()
+
+    def one_step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(static_x, *params).backward()
+        optimizer.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            one_step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        one_step()
+    return graph.replay
+
+
+def pyae_step(model, x):
+    params = list(model.parameters())
+
+    def step():
+        for p in params:
+            p.grad = None
+        model(x).loss.backward()
+    return step
+
+
+def compiled_module_step(model, x, mode):
+    torch._dynamo.reset()
+    compiled = torch.compile(model, mode=mode, fullgraph=True)
+    return pyae_step(compiled, x)
+
+
+def pyae_graph_step(model, x):
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, foreach=True)
+    step = pyae.TrainStep(model, optimizer, capture=True)
+    return lambda: step(x)
+
+
+# --------------------------------------------------------------------------------------
+# Measurement
+
+
+def time_step(step, device, warmup, repeat):
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeat):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - start) * 1e3)
+    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return statistics.median(times), quartiles[2] - quartiles[0]
+
+
+def saved_bytes(step):
+    """Bytes of the tensors autograd saves for the backward during one step (distinct storages)."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(storages.values())
+
+
+def cuda_peak_bytes(step):
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+PEERS = ["gemm", "plain", "eager", "compiled", "compiled_ro", "graph", "jacrev", "pyae", "pyae_compiled",
+         "pyae_compiled_ro", "pyae_graph"]
+CUDA_ONLY = {"compiled_ro", "graph", "pyae_compiled_ro", "pyae_graph"}
+
+
+def build(peer, model, x):
+    params = parameters_of(model)
+    if peer == "gemm":
+        return gemm_step(x, params)
+    if peer == "plain":
+        return loss_step(plain_loss, x, params)
+    if peer == "eager":
+        return loss_step(eager_loss, x, params)
+    if peer == "jacrev":
+        return loss_step(jacrev_loss, x, params)
+    if peer in ("compiled", "compiled_ro"):
+        torch._dynamo.reset()
+        mode = "reduce-overhead" if peer == "compiled_ro" else None
+        return loss_step(torch.compile(eager_loss, mode=mode, fullgraph=True), x, params)
+    if peer == "graph":
+        return graph_step(eager_loss, x, params)
+    if peer == "pyae":
+        return pyae_step(model, x)
+    if peer in ("pyae_compiled", "pyae_compiled_ro"):
+        return compiled_module_step(model, x, "reduce-overhead" if peer.endswith("_ro") else None)
+    if peer == "pyae_graph":
+        return pyae_graph_step(model, x)
+    raise ValueError(peer)
+
+
+def run(args):
+    device = torch.device(args.device)
+    rows = []
+    for dtype_name in args.dtype:
+        dtype = getattr(torch, dtype_name)
+        for size in args.sizes:
+            B, n, k = (int(v) for v in size.split("x"))
+            results = {}
+            for peer in args.peers:
+                if peer in CUDA_ONLY and device.type != "cuda":
+                    continue
+                if peer == "jacrev" and B * k * n > args.jacrev_limit:
+                    continue
+                model = make_model(n, k, device, dtype)
+                x = torch.rand(B, n, device=device, dtype=dtype)
+                try:
+                    step = build(peer, model, x)
+                    median, iqr = time_step(step, device, args.warmup, args.repeat)
+                    saved = None if peer in ("gemm", "graph", "pyae_graph") else saved_bytes(step)
+                    peak = cuda_peak_bytes(step) if device.type == "cuda" else None
+                    results[peer] = dict(ms=median, iqr_ms=iqr, saved_bytes=saved, peak_bytes=peak)
+                except Exception as error:  # a peer that cannot run here is reported, not fatal
+                    results[peer] = dict(error=f"{type(error).__name__}: {error}".splitlines()[0][:160])
+                print(f"  {dtype_name} {size} {peer}: {results[peer]}", file=sys.stderr, flush=True)
+            base = results.get("plain", {}).get("ms")
+            for peer, result in results.items():
+                if base and "ms" in result:
+                    result["ratio_to_plain"] = result["ms"] / base
+                rows.append(dict(dtype=dtype_name, size=size, peer=peer, **result))
+    return rows
+
+
+def markdown(rows, device_name):
+    lines = [f"device: {device_name}", "",
+             "| dtype | B x n x k | peer | median ms | IQR ms | x plain | saved for backward MiB | CUDA peak MiB |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    mib = lambda b: "" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['dtype']} | {r['size']} | {r['peer']} | failed: {r['error']} | | | | |")
+            continue
+        ratio = f"{r['ratio_to_plain']:.2f}" if "ratio_to_plain" in r else ""
+        lines.append(f"| {r['dtype']} | {r['size']} | {r['peer']} | {r['ms']:.3f} | {r['iqr_ms']:.3f} | {ratio} | "
+                     f"{mib(r['saved_bytes'])} | {mib(r['peak_bytes'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16", "float64"])
+    parser.add_argument("--sizes", nargs="+", default=None, help="BxNxK, e.g. 256x784x1000")
+    parser.add_argument("--peers", nargs="+", default=PEERS, choices=PEERS)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--repeat", type=int, default=None)
+    parser.add_argument("--jacrev-limit", type=int, default=256 * 784 * 1000, help="skip jacrev above B*n*k")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    parser.add_argument("--json", default=None, help="write the raw results here")
+    args = parser.parse_args(argv)
+    on_cuda = args.device.startswith("cuda")
+    if args.sizes is None:
+        args.sizes = ["256x784x1000", "4096x784x1000", "16384x4096x4096"] if on_cuda else ["256x784x1000",
+                                                                                         "4096x784x1000"]
+    args.warmup = args.warmup if args.warmup is not None else (20 if on_cuda else 3)
+    args.repeat = args.repeat if args.repeat is not None else (100 if on_cuda else 15)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device_name = torch.cuda.get_device_name() if on_cuda else f"CPU ({platform.processor() or platform.machine()}, " \
+                                                               f"{torch.get_num_threads()} threads)"
+    rows = run(args)
+    print(markdown(rows, device_name))
+    if args.json:
+        meta = dict(device=device_name, torch=torch.__version__, pyae=pyae.__version__,
+                    date=datetime.now(timezone.utc).isoformat(timespec="seconds"), warmup=args.warmup,
+                    repeat=args.repeat, python=platform.python_version())
+        with open(args.json, "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU check, run as one command on a machine with an NVIDIA GPU (H100/H200 here: torch
+# and nvcc installed, no network): build the extension for this card, run the whole test
+# suite (the CUDA tests included), run the benchmarks, and leave logs plus a summary in OUTDIR.
+#
+#   bash benchmarks/gpu_check.sh OUTDIR
+#
+# Each stage has its own time limit so that one slow stage cannot eat the others'; a stage
+# that fails is recorded in the summary and the next one still runs. Exit status: 0 when the
+# build and the tests passed.
+set -uo pipefail
+out=${1:?usage: benchmarks/gpu_check.sh OUTDIR}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
+# Build for the card that is here (e.g. 9.0 on Hopper) unless told otherwise.
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($python -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
+summary="$out/summary.md"
+
+{
+  echo "# pyae GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  echo '```'
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $python -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
+  nvcc --version | tail -n 2
+  echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
+  echo '```'
+} > "$summary" 2>&1
+
+stage() {  # stage NAME SECONDS COMMAND...: run, log to $out/NAME.log, record the outcome
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  local status=$?
+  echo "- $name: exit $status in $((SECONDS - start)) s" >> "$summary"
+  return $status
+}
+
+stage build 300 $python -m pip install --no-build-isolation --no-deps --no-index -e . || { cat "$summary"; exit 1; }
+stage tests 300 $python -m pytest -q -rs -p no:cacheprovider --junitxml="$out/junit.xml"
+tests_status=$?
+tail -n 3 "$out/tests.log" | sed 's/^/    /' >> "$summary"
+
+# The benchmarks: every peer at the MNIST sizes in float32, the peers that need no compiler
+# in bfloat16 and at the large size (each torch.compile costs tens of seconds).
+stage bench_float32 240 $python benchmarks/bench_step.py --device cuda --dtype float32 \
+  --sizes 256x784x1000 4096x784x1000 --json "$out/bench_float32.json"
+stage bench_bfloat16 150 $python benchmarks/bench_step.py --device cuda --dtype bfloat16 \
+  --sizes 256x784x1000 4096x784x1000 --peers gemm plain eager graph pyae pyae_graph --json "$out/bench_bfloat16.json"
+stage bench_large 120 $python benchmarks/bench_step.py --device cuda --dtype float32 bfloat16 \
+  --sizes 16384x4096x4096 --peers gemm plain eager pyae pyae_graph --warmup 5 --repeat 20 --json "$out/bench_large.json"
+for log in bench_float32 bench_bfloat16 bench_large; do
+  { echo; echo "## $log"; echo; grep '^|\|^device' "$out/$log.log"; } >> "$summary"
+done
+cat "$summary"
+exit $tests_status

@@ -1,0 +1,69 @@
+"""pyae.TrainStep: the same update as the hand-written step, and clear errors."""
+
+import pytest
+import torch
+
+import pyae
+
+
+def make_model(device="cpu", seed=0):
+    torch.manual_seed(seed)
+    return pyae.Autoencoder(20, 8, loss="cross_entropy", contractive_weight=0.1, sparsity_target=0.1,
+                            sparsity_weight=0.1, device=device)
+
+
+def test_eager_step_matches_hand_written_step():
+    reference, model = make_model(), make_model()
+    optimizer_ref = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    step = pyae.TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    assert not step.capture  # a CPU model is never captured
+    x = torch.rand(6, 20)
+    for _ in range(3):
+        optimizer_ref.zero_grad()
+        expected = reference(x).loss
+        expected.backward()
+        optimizer_ref.step()
+        loss = step(x)
+        assert not loss.requires_grad
+        torch.testing.assert_close(loss, expected.detach())
+    for got, wanted in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, wanted)
+
+
+def test_argument_errors():
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        pyae.TrainStep(lambda x: x, optimizer)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        pyae.TrainStep(model, "sgd")
+    with pytest.raises(ValueError, match="capture must be"):
+        pyae.TrainStep(model, optimizer, capture="yes")
+    with pytest.raises(ValueError, match="warmup_steps must be"):
+        pyae.TrainStep(model, optimizer, warmup_steps=0)
+    with pytest.raises(ValueError, match="needs a model on a CUDA device"):
+        pyae.TrainStep(model, optimizer, capture=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not pyae.has_cuda_kernels(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("optimizer_name", ["sgd", "adam"])
+def test_captured_step_matches_eager_step(optimizer_name):
+    def optimizer_for(model):
+        if optimizer_name == "sgd":
+            return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
+
+    eager_model, graph_model = make_model("cuda"), make_model("cuda")
+    eager = pyae.TrainStep(eager_model, optimizer_for(eager_model), capture=False)
+    captured = pyae.TrainStep(graph_model, optimizer_for(graph_model), capture=True, warmup_steps=2)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    batches = [torch.rand(16, 20, device="cuda", generator=generator) for _ in range(6)]
+    batches.append(torch.rand(5, 20, device="cuda", generator=generator))  # a smaller last batch
+    for x in batches:
+        torch.testing.assert_close(captured(x), eager(x))
+    assert len(captured._captured) == 1  # the 16-row shape; the 5-row one is still warming up
+    for got, wanted in zip(graph_model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(got, wanted)
+
+    with pytest.raises(ValueError, match="capturable=True"):
+        pyae.TrainStep(graph_model, torch.optim.Adam(graph_model.parameters()), capture=True)
