@@ -191,13 +191,16 @@ def time_step(step, device, warmup, repeat):
     return statistics.median(times), quartiles[2] - quartiles[0]
 
 
-def saved_bytes(step):
-    """Bytes of the tensors autograd saves for the backward during one step (distinct storages)."""
+def saved_bytes(step, alive):
+    """Bytes of the activations autograd saves for the backward during one step: distinct
+    storages, not counting the tensors that exist anyway (the parameters and the input)."""
+    alive = {t.untyped_storage().data_ptr() for t in alive}
     storages = {}
 
     def pack(tensor):
         storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in alive:
+            storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -262,7 +265,9 @@ def run(args):
                 try:
                     step = build(peer, model, x)
                     median, iqr = time_step(step, device, args.warmup, args.repeat)
-                    saved = None if peer in ("gemm", "graph", "pyae_graph") else saved_bytes(step)
+                    saved = None
+                    if peer not in ("gemm", "graph", "pyae_graph", "jacrev"):  # jacrev refuses saved-tensor hooks
+                        saved = saved_bytes(step, [x, *model.parameters()])
                     peak = cuda_peak_bytes(step) if device.type == "cuda" else None
                     results[peer] = dict(ms=median, iqr_ms=iqr, saved_bytes=saved, peak_bytes=peak)
                 except Exception as error:  # a peer that cannot run here is reported, not fatal

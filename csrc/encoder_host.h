@@ -25,7 +25,7 @@
 #include <array>
 #include <tuple>
 
-#include "encoder_checks.h"
+#include "checks.h"
 
 namespace pyae {
 

@@ -36,4 +36,17 @@ TORCH_LIBRARY(pyae, m) {
       "sigmoid_encoder_backward(Tensor? grad_hidden, Tensor? grad_mean_activation, "
       "Tensor? grad_contractive, Tensor x, Tensor weight, Tensor hidden, bool[3] output_mask) -> "
       "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+
+  // The sigmoid decoder's activation fused with its reconstruction loss, from the logits
+  // z = h @ W'.T + c: reconstruction = sigmoid(z), and the loss summed over the features and
+  // averaged over the batch, cross-entropy (computed stably from z) or squared error. One
+  // pass over (B, n); the backward needs only the reconstruction and the target.
+  m.def(
+      "sigmoid_reconstruction_loss(Tensor logits, Tensor target, bool cross_entropy) -> "
+      "(Tensor reconstruction, Tensor loss)");
+  // Its backward: the gradient with respect to the logits (the target is data and gets
+  // none). Either upstream gradient may be None.
+  m.def(
+      "sigmoid_reconstruction_loss_backward(Tensor? grad_reconstruction, Tensor? grad_loss, "
+      "Tensor reconstruction, Tensor target, bool cross_entropy) -> Tensor grad_logits");
 }

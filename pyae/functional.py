@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pyae.ops import EncoderOutput, sigmoid_encoder
+from pyae.ops import EncoderOutput, ReconstructionOutput, sigmoid_encoder, sigmoid_reconstruction_loss
 
 __all__ = [
     "EncoderOutput",
@@ -23,6 +23,8 @@ __all__ = [
     "kl_sparsity",
     "weight_decay",
     "reconstruction_loss",
+    "sigmoid_reconstruction",
+    "ReconstructionOutput",
     "RECONSTRUCTION_LOSSES",
     "mask_noise",
     "gaussian_noise",
@@ -103,6 +105,29 @@ def weight_decay(*weights: Tensor) -> Tensor:
     return total
 
 
+def _check_reconstruction_arguments(output, target, kind: str, output_name: str = "output") -> None:
+    if kind not in RECONSTRUCTION_LOSSES:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, RECONSTRUCTION_LOSSES))}; got {kind!r}")
+    _check_floating_tensor(output, output_name)
+    _check_floating_tensor(target, "target")
+    if output.shape != target.shape or output.dim() != 2:
+        raise ValueError(
+            f"{output_name} and target must both be (batch, features) of one shape, got {tuple(output.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+    if output.shape[0] == 0:
+        raise ValueError(f"{output_name} must hold at least one row: the batch mean of an empty batch is undefined")
+    if kind == "cross_entropy" and target.device.type == "cpu" and not torch.compiler.is_compiling():
+        # One cheap reduction to refuse targets that would give a meaningless loss. On an
+        # accelerator the check would cost a host synchronization in every training step (and
+        # forbid CUDA-graph capture), so there the data is checked once where it is loaded.
+        low, high = torch.aminmax(target.detach())
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"cross_entropy needs targets in [0, 1], got values in [{low.item():g}, {high.item():g}]"
+            )
+
+
 def reconstruction_loss(output: Tensor, target: Tensor, kind: str = "mse", *, from_logits: bool = False) -> Tensor:
     """The reconstruction loss, summed over the features and averaged over the batch.
 
@@ -114,34 +139,39 @@ def reconstruction_loss(output: Tensor, target: Tensor, kind: str = "mse", *, fr
             ``-sum_j x_j log xhat_j + (1 - x_j) log(1 - xhat_j)``. Its targets must lie in
             ``[0, 1]``: CPU targets outside raise a ValueError here; CUDA targets are not
             checked per call (that would synchronize every step), check them once up front.
-        from_logits: the output holds logits ``z`` with ``xhat = sigmoid(z)``; the
-            cross-entropy is then computed stably from the logits.
+        from_logits: the output holds logits ``z`` with ``xhat = sigmoid(z)``; the loss is
+            then computed by :func:`sigmoid_reconstruction` (fused, stable for any ``z``).
     """
-    if kind not in RECONSTRUCTION_LOSSES:
-        raise ValueError(f"kind must be one of {', '.join(map(repr, RECONSTRUCTION_LOSSES))}; got {kind!r}")
-    _check_floating_tensor(output, "output")
-    _check_floating_tensor(target, "target")
-    if output.shape != target.shape or output.dim() != 2:
-        raise ValueError(
-            f"output and target must both be (batch, features) of one shape, got {tuple(output.shape)} "
-            f"and {tuple(target.shape)}"
-        )
-    if kind == "cross_entropy" and target.device.type == "cpu" and not torch.compiler.is_compiling():
-        # One cheap reduction to refuse targets that would give a meaningless loss. On an
-        # accelerator the check would cost a host synchronization in every training step (and
-        # forbid CUDA-graph capture), so there the data is checked once where it is loaded.
-        low, high = torch.aminmax(target.detach())
-        if low < 0 or high > 1:
-            raise ValueError(
-                f"cross_entropy needs targets in [0, 1], got values in [{low.item():g}, {high.item():g}]"
-            )
+    if from_logits:
+        return sigmoid_reconstruction(output, target, kind).loss
+    _check_reconstruction_arguments(output, target, kind)
     batch = output.shape[0]
     if kind == "mse":
-        reconstruction = torch.sigmoid(output) if from_logits else output
-        return F.mse_loss(reconstruction, target, reduction="sum") / batch
-    if from_logits:
-        return F.binary_cross_entropy_with_logits(output, target, reduction="sum") / batch
+        return F.mse_loss(output, target, reduction="sum") / batch
     return F.binary_cross_entropy(output, target, reduction="sum") / batch
+
+
+def sigmoid_reconstruction(logits: Tensor, target: Tensor, kind: str = "cross_entropy") -> ReconstructionOutput:
+    """A sigmoid decoder's output and its reconstruction loss, from the decoder's logits.
+
+    ``reconstruction = sigmoid(logits)`` and the loss of :func:`reconstruction_loss` (summed
+    over the features, averaged over the batch), computed by pyae's fused operator in one
+    pass; its backward saves only the reconstruction and the target. A target that requires
+    grad is computed with torch ops instead (the operator treats the target as data).
+
+    Returns:
+        ``ReconstructionOutput(reconstruction, loss)``.
+    """
+    _check_reconstruction_arguments(logits, target, kind, "logits")
+    if not target.requires_grad:
+        return sigmoid_reconstruction_loss(logits, target, kind == "cross_entropy")
+    reconstruction = torch.sigmoid(logits)
+    batch = logits.shape[0]
+    if kind == "mse":
+        return ReconstructionOutput(reconstruction, F.mse_loss(reconstruction, target, reduction="sum") / batch)
+    return ReconstructionOutput(
+        reconstruction, F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / batch
+    )
 
 
 def _check_generator(generator) -> None:

@@ -232,11 +232,10 @@ class Autoencoder(nn.Module):
         corrupted = self.corrupt(x, generator=generator) if self.training and self.noise else x
         encoded = PF.sigmoid_encoder(corrupted, self.encoder.weight, self.encoder.bias)
         logits = self._decoder_logits(encoded.hidden)
-        reconstruction = self._activate_decoder(logits)
-        if self.loss_kind == "cross_entropy":
-            reconstruction_term = PF.reconstruction_loss(logits, x, "cross_entropy", from_logits=True)
+        if self.decoder_activation == "sigmoid":
+            reconstruction, reconstruction_term = PF.sigmoid_reconstruction(logits, x, self.loss_kind)
         else:
-            reconstruction_term = PF.reconstruction_loss(reconstruction, x, "mse")
+            reconstruction, reconstruction_term = logits, PF.reconstruction_loss(logits, x, "mse")
 
         terms = {"reconstruction": reconstruction_term}
         loss = reconstruction_term

@@ -31,7 +31,15 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
         "kernels, or PYAE_CUDA=0 for a CPU-only build)."
     ) from error
 
-__all__ = ["EncoderOutput", "sigmoid_encoder", "sigmoid_encoder_backward", "has_cuda_kernels"]
+__all__ = [
+    "EncoderOutput",
+    "ReconstructionOutput",
+    "sigmoid_encoder",
+    "sigmoid_encoder_backward",
+    "sigmoid_reconstruction_loss",
+    "sigmoid_reconstruction_loss_backward",
+    "has_cuda_kernels",
+]
 
 
 class EncoderOutput(NamedTuple):
@@ -46,6 +54,18 @@ class EncoderOutput(NamedTuple):
     hidden: Tensor
     mean_activation: Tensor
     contractive: Tensor
+
+
+class ReconstructionOutput(NamedTuple):
+    """What :func:`sigmoid_reconstruction_loss` returns.
+
+    Attributes:
+        reconstruction: ``xhat = sigmoid(logits)``, shape ``(B, n)``.
+        loss: the reconstruction loss summed over the features, averaged over the batch.
+    """
+
+    reconstruction: Tensor
+    loss: Tensor
 
 
 def has_cuda_kernels() -> bool:
@@ -93,6 +113,37 @@ def sigmoid_encoder_backward(
     return tuple(grad if wanted else None for grad, wanted in zip(grads, output_mask))
 
 
+def sigmoid_reconstruction_loss(logits: Tensor, target: Tensor, cross_entropy: bool = True) -> ReconstructionOutput:
+    """The sigmoid decoder's output fused with its reconstruction loss, in one pass.
+
+    Args:
+        logits: the decoder's pre-activations ``z``, ``(B, n)``, ``B >= 1``.
+        target: the clean input ``x``, same shape and dtype. It is treated as data: the
+            operator gives it no gradient (and refuses a backward that would need one).
+        cross_entropy: cross-entropy ``-x log xhat - (1 - x) log(1 - xhat)`` computed stably
+            from the logits when true, squared error ``(xhat - x)^2`` when false.
+
+    Returns:
+        A :class:`ReconstructionOutput` ``(reconstruction, loss)``; the loss is summed over
+        the features and averaged over the batch.
+    """
+    reconstruction, loss = torch.ops.pyae.sigmoid_reconstruction_loss.default(logits, target, cross_entropy)
+    return ReconstructionOutput(reconstruction, loss)
+
+
+def sigmoid_reconstruction_loss_backward(
+    grad_reconstruction: Optional[Tensor],
+    grad_loss: Optional[Tensor],
+    reconstruction: Tensor,
+    target: Tensor,
+    cross_entropy: bool = True,
+) -> Tensor:
+    """The gradient of :func:`sigmoid_reconstruction_loss` with respect to the logits."""
+    return torch.ops.pyae.sigmoid_reconstruction_loss_backward.default(
+        grad_reconstruction, grad_loss, reconstruction, target, cross_entropy
+    )
+
+
 # --------------------------------------------------------------------------------------
 # Fake (meta) kernels: shapes, dtypes and the same argument checks as the C++ kernels, so a
 # traced program fails where an eager one would.
@@ -134,6 +185,30 @@ def _sigmoid_encoder_backward_fake(grad_hidden, grad_mean_activation, grad_contr
     )
 
 
+def _check_reconstruction_arguments(logits: Tensor, target: Tensor) -> None:
+    torch._check_type(
+        logits.dtype.is_floating_point, lambda: f"pyae: logits must be a floating-point tensor, got {logits.dtype}"
+    )
+    torch._check_value(logits.dim() == 2, lambda: f"pyae: logits must be 2-D, got shape {tuple(logits.shape)}")
+    torch._check_value(logits.shape[0] > 0, lambda: "pyae: logits must hold at least one row")
+    torch._check_type(target.dtype == logits.dtype,
+                      lambda: f"pyae: target has dtype {target.dtype} but logits has {logits.dtype}")
+    torch._check_value(target.shape == logits.shape,
+                       lambda: f"pyae: target must have logits' shape {tuple(logits.shape)}, got {tuple(target.shape)}")
+
+
+@torch.library.register_fake("pyae::sigmoid_reconstruction_loss")
+def _sigmoid_reconstruction_loss_fake(logits: Tensor, target: Tensor, cross_entropy: bool):
+    _check_reconstruction_arguments(logits, target)
+    return torch.empty_like(logits, memory_format=torch.contiguous_format), logits.new_empty(())
+
+
+@torch.library.register_fake("pyae::sigmoid_reconstruction_loss_backward")
+def _sigmoid_reconstruction_loss_backward_fake(grad_reconstruction, grad_loss, reconstruction, target, cross_entropy):
+    _check_reconstruction_arguments(reconstruction, target)
+    return torch.empty_like(reconstruction, memory_format=torch.contiguous_format)
+
+
 # --------------------------------------------------------------------------------------
 # Autograd. Only x, weight and h are saved: d, c and everything else is recomputed in the
 # backward kernel, which keeps a training step's memory at that of a plain encoder.
@@ -167,4 +242,38 @@ torch.library.register_autograd(
     "pyae::sigmoid_encoder",
     _sigmoid_encoder_autograd_backward,
     setup_context=_sigmoid_encoder_setup_context,
+)
+
+
+# The reconstruction loss saves the reconstruction and the target, exactly what the plain
+# sigmoid + loss pair saves, and nothing of (B, n) besides.
+
+
+def _sigmoid_reconstruction_loss_setup_context(ctx, inputs, output):
+    _, target, cross_entropy = inputs
+    reconstruction, _ = output
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(reconstruction, target)
+    ctx.cross_entropy = cross_entropy
+
+
+def _sigmoid_reconstruction_loss_autograd_backward(ctx, grad_reconstruction, grad_loss):
+    if ctx.needs_input_grad[1]:
+        raise RuntimeError(
+            "pyae.ops.sigmoid_reconstruction_loss treats its target as data and has no gradient for it; "
+            "use pyae.functional.sigmoid_reconstruction, which falls back to torch ops for such targets"
+        )
+    reconstruction, target = ctx.saved_tensors
+    grad_logits = None
+    if ctx.needs_input_grad[0]:
+        grad_logits = torch.ops.pyae.sigmoid_reconstruction_loss_backward.default(
+            grad_reconstruction, grad_loss, reconstruction, target, ctx.cross_entropy
+        )
+    return grad_logits, None, None
+
+
+torch.library.register_autograd(
+    "pyae::sigmoid_reconstruction_loss",
+    _sigmoid_reconstruction_loss_autograd_backward,
+    setup_context=_sigmoid_reconstruction_loss_setup_context,
 )

@@ -27,3 +27,15 @@ def contractive_by_jacobian(x, weight, bias=None):
 
     jacobians = torch.func.vmap(torch.func.jacrev(encode_one))(x.double())  # (B, k, n)
     return jacobians.pow(2).sum((1, 2)).mean()
+
+
+def sigmoid_reconstruction_loss(logits, target, cross_entropy):
+    """(reconstruction, loss) in float64: sigmoid, then the loss summed over features and
+    averaged over the batch."""
+    z, x = logits.double(), target.double()
+    reconstruction = torch.sigmoid(z)
+    if cross_entropy:
+        per_element = torch.nn.functional.softplus(z) - x * z  # = -x log xhat - (1-x) log(1-xhat)
+    else:
+        per_element = (reconstruction - x) ** 2
+    return reconstruction, per_element.sum() / z.shape[0]

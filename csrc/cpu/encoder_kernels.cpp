@@ -1,9 +1,5 @@
-// CPU backend of the sigmoid encoder operators: the fused passes over (B, k).
-//
-// Reductions over the batch are split into fixed tiles of kRowsPerTile rows by
-// kColumnsPerTile columns. Each tile writes its own partial column sums and the partials
-// are added in tile order afterwards, so results are bitwise reproducible whatever the
-// number of threads, and the tiles are independent work items for at::parallel_for.
+// CPU backend of the sigmoid encoder operators: the fused passes over (B, k), in the tiles
+// of tiles.h (reproducible whatever the number of threads).
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -12,52 +8,16 @@
 
 #include <algorithm>
 
+#include "cpu/tiles.h"
 #include "encoder_host.h"
-#include "encoder_math.h"
+#include "kernel_math.h"
 
 namespace pyae {
 namespace {
 
-constexpr int64_t kRowsPerTile = 64;
-constexpr int64_t kColumnsPerTile = 512;
-
-struct TileGrid {
-  int64_t rows, columns, row_tiles, column_tiles;
-  TileGrid(int64_t rows, int64_t columns)
-      : rows(rows),
-        columns(columns),
-        row_tiles((rows + kRowsPerTile - 1) / kRowsPerTile),
-        column_tiles((columns + kColumnsPerTile - 1) / kColumnsPerTile) {}
-  int64_t tiles() const { return row_tiles * column_tiles; }
-
-  // Calls body(row_begin, row_end, column_begin, column_end, row_tile) for every tile, in parallel.
-  template <typename Body>
-  void for_each_tile(const Body& body) const {
-    at::parallel_for(0, tiles(), 1, [&](int64_t first, int64_t last) {
-      for (int64_t tile = first; tile < last; ++tile) {
-        const int64_t row_tile = tile / column_tiles;
-        const int64_t column_begin = (tile % column_tiles) * kColumnsPerTile;
-        const int64_t row_begin = row_tile * kRowsPerTile;
-        body(row_begin, std::min(row_begin + kRowsPerTile, rows), column_begin,
-             std::min(column_begin + kColumnsPerTile, columns), row_tile);
-      }
-    });
-  }
-};
-
-// partials is (row_tiles, count, k): adds the row tiles in order into totals (count, k).
-template <typename acc_t>
-void sum_row_tiles(const acc_t* partials, int64_t row_tiles, int64_t count, int64_t k, acc_t* totals) {
-  at::parallel_for(0, count * k, 1024, [&](int64_t first, int64_t last) {
-    for (int64_t j = first; j < last; ++j) {
-      acc_t total = 0;
-      for (int64_t tile = 0; tile < row_tiles; ++tile) {
-        total += partials[tile * count * k + j];
-      }
-      totals[j] = total;
-    }
-  });
-}
+using cpu::TileGrid;
+using cpu::accumulation_dtype;
+using cpu::sum_row_tiles;
 
 // c_l = ||weight_l||^2, accumulated in acc_t.
 template <typename scalar_t, typename acc_t>
@@ -73,10 +33,6 @@ void squared_row_norms(const scalar_t* weight, int64_t k, int64_t n, acc_t* out)
       out[l] = total;
     }
   });
-}
-
-at::ScalarType accumulation_dtype(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 struct CpuBackend {

@@ -35,11 +35,19 @@
 #include <limits>
 #include <type_traits>
 
+#include "cuda/vector_access.cuh"
 #include "encoder_host.h"
-#include "encoder_math.h"
+#include "kernel_math.h"
 
 namespace pyae {
 namespace {
+
+using cuda_detail::ceil_div;
+using cuda_detail::is_aligned;
+using cuda_detail::load_pack;
+using cuda_detail::opmath_dtype;
+using cuda_detail::Pack;
+using cuda_detail::store_pack;
 
 // ---------------------------------------------------------------------------------------
 // Geometry of the fused (B, k) passes.
@@ -86,21 +94,6 @@ constexpr int row_unroll(int streams) {
 // The passes launch about kTargetBlocks = 512 blocks: 4 resident blocks per SM (registers
 // <= 128 per thread) run them in a single wave on 132 SMs.
 constexpr int kPassMinBlocksPerSM = 4;
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T val[N];
-};
-
-template <int VEC, typename scalar_t>
-__device__ __forceinline__ Pack<scalar_t, VEC> load_pack(const scalar_t* p) {
-  return *reinterpret_cast<const Pack<scalar_t, VEC>*>(p);
-}
-
-template <int VEC, typename scalar_t>
-__device__ __forceinline__ void store_pack(scalar_t* p, const Pack<scalar_t, VEC>& v) {
-  *reinterpret_cast<Pack<scalar_t, VEC>*>(p) = v;
-}
 
 // ---------------------------------------------------------------------------------------
 // Device helpers shared by the kernels.
@@ -438,14 +431,6 @@ __global__ void __launch_bounds__(kFinalizeThreads) backward_finalize_kernel(
 // ---------------------------------------------------------------------------------------
 // Host side.
 
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-
-bool is_aligned(const void* p, size_t bytes) {
-  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
-}
-
 // The geometry of a (B, k) pass. The row chunking is computed for the dtype's wide vector
 // width whatever width is launched, so it is a function of (B, k, dtype) alone: a column's
 // sum runs in the same order whether or not the pointers allowed vector loads.
@@ -475,10 +460,6 @@ void with_width(bool wide, const F& f) {
   } else {
     f(std::integral_constant<int, 1>{});
   }
-}
-
-at::ScalarType opmath_dtype(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 struct CudaBackend {

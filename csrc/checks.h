@@ -73,4 +73,32 @@ inline void check_encoder_backward_inputs(
   }
 }
 
+inline void check_reconstruction_loss_inputs(const at::Tensor& logits, const at::Tensor& target) {
+  check_floating(logits, "logits");
+  TORCH_CHECK_VALUE(logits.dim() == 2, "pyae: logits must be 2-D (batch, features), got shape ", logits.sizes());
+  TORCH_CHECK_VALUE(logits.size(0) > 0, "pyae: logits must hold at least one row: the batch mean of an empty batch is undefined");
+  check_same_dtype_device(target, "target", logits, "logits");
+  TORCH_CHECK_VALUE(
+      target.sizes() == logits.sizes(), "pyae: target must have logits' shape ", logits.sizes(), ", got ",
+      target.sizes());
+}
+
+inline void check_reconstruction_loss_backward_inputs(
+    const c10::optional<at::Tensor>& grad_reconstruction,
+    const c10::optional<at::Tensor>& grad_loss,
+    const at::Tensor& reconstruction,
+    const at::Tensor& target) {
+  check_reconstruction_loss_inputs(reconstruction, target);
+  if (grad_reconstruction.has_value()) {
+    check_same_dtype_device(*grad_reconstruction, "grad_reconstruction", reconstruction, "reconstruction");
+    TORCH_CHECK_VALUE(
+        grad_reconstruction->sizes() == reconstruction.sizes(), "pyae: grad_reconstruction must have shape ",
+        reconstruction.sizes(), ", got ", grad_reconstruction->sizes());
+  }
+  if (grad_loss.has_value()) {
+    check_same_dtype_device(*grad_loss, "grad_loss", reconstruction, "reconstruction");
+    TORCH_CHECK_VALUE(grad_loss->numel() == 1, "pyae: grad_loss must be a scalar, got shape ", grad_loss->sizes());
+  }
+}
+
 }  // namespace pyae

@@ -1,0 +1,69 @@
+// The elementwise math of pyae's kernels, shared by the CPU and CUDA backends so that both
+// compute exactly the same formulas (DESIGN.md). acc_t is the accumulation type: float for
+// float/half/bfloat16 inputs, double for double.
+#pragma once
+
+#include <c10/macros/Macros.h>
+#include <cmath>
+
+namespace pyae {
+
+// 1 / (1 + exp(-a)) saturates cleanly: exp overflows to +inf for a << 0 and the quotient
+// is then exactly 0, never NaN.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t sigmoid(acc_t a) {
+  return acc_t(1) / (acc_t(1) + std::exp(-a));
+}
+
+// sigmoid'(a) written in terms of h = sigmoid(a).
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t sigmoid_slope(acc_t h) {
+  return h * (acc_t(1) - h);
+}
+
+// Gradient with respect to the pre-activation a_il of one element:
+//   delta = (g_h + g_rho / B) * d  +  g_c * (2 / B) * c_l * d^2 * (1 - 2h)
+// activation_grad is g_h + g_rho / B, contractive_coef is g_c * (2 / B) * c_l; each is 0
+// when the corresponding output received no gradient.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t pre_activation_grad(acc_t h, acc_t activation_grad, acc_t contractive_coef) {
+  const acc_t d = sigmoid_slope(h);
+  return activation_grad * d + contractive_coef * d * d * (acc_t(1) - acc_t(2) * h);
+}
+
+// The sigmoid decoder's output and its reconstruction loss for one element, from the
+// logit z and the target x:
+//   cross-entropy: -x log sigmoid(z) - (1 - x) log(1 - sigmoid(z)) = max(z, 0) - x z + log1p(exp(-|z|))
+//   squared error: (sigmoid(z) - x)^2
+// One exp serves both the sigmoid and the softplus, and neither overflows for any z.
+template <typename acc_t>
+struct SigmoidLossTerms {
+  acc_t reconstruction;
+  acc_t loss;
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE inline SigmoidLossTerms<acc_t> sigmoid_loss_terms(acc_t z, acc_t x, bool cross_entropy) {
+  const acc_t e = std::exp(-std::abs(z));  // in (0, 1]
+  const acc_t xhat = z >= acc_t(0) ? acc_t(1) / (acc_t(1) + e) : e / (acc_t(1) + e);
+  if (cross_entropy) {
+    return {xhat, (z > acc_t(0) ? z : acc_t(0)) - x * z + std::log1p(e)};
+  }
+  const acc_t error = xhat - x;
+  return {xhat, error * error};
+}
+
+// Gradient with respect to the logit z of one element, from the saved reconstruction
+// xhat = sigmoid(z): grad_reconstruction * s + (grad_loss / B) * dloss/dxhat-chain, with
+// s = xhat (1 - xhat); the cross-entropy's chain collapses to xhat - x. loss_scale is
+// grad_loss / B (0 when the loss received no gradient).
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t sigmoid_loss_logit_grad(
+    acc_t xhat, acc_t x, acc_t grad_reconstruction, acc_t loss_scale, bool cross_entropy) {
+  const acc_t s = sigmoid_slope(xhat);
+  const acc_t error = xhat - x;
+  const acc_t dloss = cross_entropy ? error : acc_t(2) * error * s;
+  return grad_reconstruction * s + loss_scale * dloss;
+}
+
+}  // namespace pyae

@@ -1,0 +1,121 @@
+"""The fused sigmoid decoder + reconstruction loss operator against the float64 reference,
+gradcheck and opcheck."""
+
+import pytest
+import torch
+
+import reference
+from pyae import functional as PF
+from pyae import ops
+from test_ops import TOLERANCES
+
+LOSSES = {"cross_entropy": True, "mse": False}
+SHAPES = [(1, 1), (3, 7), (130, 600)]
+
+
+def make_pair(batch, features, *, dtype=torch.float64, device="cpu", scale=3.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, features, generator=generator, dtype=torch.float64) * scale
+    target = torch.rand(batch, features, generator=generator, dtype=torch.float64)
+    return logits.to(device=device, dtype=dtype), target.to(device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCES))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_forward_matches_reference(device, dtype, shape, loss):
+    logits, target = make_pair(*shape, dtype=dtype, device=device)
+    reconstruction, value = ops.sigmoid_reconstruction_loss(logits, target, LOSSES[loss])
+    expected_reconstruction, expected_value = reference.sigmoid_reconstruction_loss(logits, target, LOSSES[loss])
+    assert reconstruction.dtype == value.dtype == dtype and value.shape == ()
+    torch.testing.assert_close(reconstruction.double().cpu(), expected_reconstruction.cpu(), **TOLERANCES[dtype])
+    torch.testing.assert_close(value.double().cpu(), expected_value.cpu(), **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("outputs", ["both", "reconstruction", "loss"])
+def test_gradcheck(device, loss, outputs):
+    logits, target = make_pair(4, 5, device=device, seed=1)
+    logits.requires_grad_()
+
+    def function(z):
+        reconstruction, value = ops.sigmoid_reconstruction_loss(z, target, LOSSES[loss])
+        return {"both": (reconstruction, value), "reconstruction": reconstruction, "loss": value}[outputs]
+
+    torch.autograd.gradcheck(function, (logits,))
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_opcheck(device, loss):
+    logits, target = make_pair(6, 5, device=device, seed=2)
+    for requires_grad in (False, True):
+        torch.library.opcheck(torch.ops.pyae.sigmoid_reconstruction_loss.default,
+                              (logits.clone().requires_grad_(requires_grad), target, LOSSES[loss]))
+    reconstruction, _ = ops.sigmoid_reconstruction_loss(logits, target, LOSSES[loss])
+    grads = (torch.randn_like(reconstruction), torch.tensor(0.5, dtype=logits.dtype, device=device))
+    torch.library.opcheck(torch.ops.pyae.sigmoid_reconstruction_loss_backward.default,
+                          (*grads, reconstruction, target, LOSSES[loss]))
+    torch.library.opcheck(torch.ops.pyae.sigmoid_reconstruction_loss_backward.default,
+                          (None, grads[1], reconstruction, target, LOSSES[loss]))
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_saturated_logits_stay_finite_and_exact(device, loss):
+    logits = torch.tensor([[1000.0, -1000.0, 30.0, -30.0]], device=device, requires_grad=True)
+    target = torch.tensor([[0.0, 1.0, 1.0, 0.0]], device=device)
+    reconstruction, value = ops.sigmoid_reconstruction_loss(logits, target, LOSSES[loss])
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
+    if loss == "cross_entropy":
+        # softplus(1000) - 0 = 1000, softplus(-1000) + 1000 = 1000, and ~1e-13 for the others.
+        assert value.item() == pytest.approx(2000.0, rel=1e-6)
+        torch.testing.assert_close(logits.grad, (reconstruction - target).detach())
+
+
+def test_target_gradient_is_refused_by_the_op_and_supported_by_functional():
+    logits, target = make_pair(3, 4, seed=3)
+    target.requires_grad_()
+    _, value = ops.sigmoid_reconstruction_loss(logits.requires_grad_(), target, True)
+    with pytest.raises(RuntimeError, match="treats its target as data"):
+        value.backward()
+    for kind in ("cross_entropy", "mse"):
+        out = PF.sigmoid_reconstruction(logits, target, kind)
+        expected = reference.sigmoid_reconstruction_loss(logits, target, kind == "cross_entropy")[1]
+        got = torch.autograd.grad(out.loss, [logits, target])
+        wanted = torch.autograd.grad(expected, [logits, target])
+        for a, b in zip(got, wanted):
+            torch.testing.assert_close(a, b)
+
+
+BAD = [
+    ("integer logits", lambda z, x: (z.long(), x), TypeError, "logits must be a floating-point"),
+    ("1-D logits", lambda z, x: (z[0], x[0]), ValueError, "logits must be 2-D"),
+    ("empty batch", lambda z, x: (z[:0], x[:0]), ValueError, "at least one row"),
+    ("shape mismatch", lambda z, x: (z, x[:, :-1]), ValueError, "target must have logits' shape"),
+    ("dtype mismatch", lambda z, x: (z, x.float()), TypeError, "target has dtype"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_input_raises(case):
+    _, corrupt, error, message = case
+    args = corrupt(*make_pair(4, 3))
+    with pytest.raises(error, match=message):
+        ops.sigmoid_reconstruction_loss(*args, True)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) for t in args]
+        with pytest.raises(error, match=message):
+            ops.sigmoid_reconstruction_loss(*fake, True)
+
+
+def test_cpu_loss_does_not_depend_on_thread_count():
+    logits, target = make_pair(300, 700, dtype=torch.float32, seed=4)
+    threads = torch.get_num_threads()
+    values = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            values.append(ops.sigmoid_reconstruction_loss(logits, target, True).loss)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(v, values[0]) for v in values)
