@@ -62,6 +62,28 @@ def _check_size(value, name: str) -> int:
     return int(value)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks of a process group, differentiable: the gradient of every rank's
+    input is the sum of the ranks' output gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, group) -> Tensor:
+        import torch.distributed as dist
+
+        ctx.group = group
+        total = tensor.clone()
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        import torch.distributed as dist
+
+        total = grad.clone()
+        dist.all_reduce(total, group=ctx.group)
+        return total, None
+
+
 class Autoencoder(nn.Module):
     """A one-hidden-layer autoencoder with the classic regularizers.
 
@@ -147,6 +169,11 @@ class Autoencoder(nn.Module):
         self.sparsity_target, self.sparsity_weight = sparsity_target, sparsity_weight
         self.contractive_weight = contractive_weight
 
+        # Under torch.distributed, the process group whose ranks share one global batch: the
+        # sparsity statistic is then the mean activation over the global batch (see
+        # global_mean_activation). None: this process's batch is the whole batch.
+        self.statistics_group = None
+
         factory = {"device": device, "dtype": dtype}
         self.encoder = nn.Linear(n_inputs, n_hidden, **factory)
         if tied_weights:
@@ -214,6 +241,21 @@ class Autoencoder(nn.Module):
     def _activate_decoder(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits) if self.decoder_activation == "sigmoid" else logits
 
+    def global_mean_activation(self, mean_activation: Tensor, batch_size: int) -> Tensor:
+        """The mean activation over the global batch of ``statistics_group``'s ranks.
+
+        Each rank's mean is weighted by its batch size and summed with a differentiable
+        all-reduce, so that the KL penalty of the global mean, and its gradient, are the same
+        as one process computing them on the whole batch (DistributedDataParallel averages
+        the rest). Without a group, ``mean_activation`` itself.
+        """
+        group = self.statistics_group
+        if group is None:
+            return mean_activation
+        weighted = torch.cat([mean_activation * batch_size, mean_activation.new_full((1,), float(batch_size))])
+        total = _AllReduceSum.apply(weighted, group)
+        return total[:-1] / total[-1]
+
     @torch.no_grad()
     def filters(self) -> Tensor:
         """``W_l / ||W_l||`` for every hidden unit, ``(k, n)``: the unit-norm input that
@@ -243,7 +285,8 @@ class Autoencoder(nn.Module):
             terms["weight_decay"] = PF.weight_decay(*self.weight_matrices())
             loss = loss + self.weight_decay * terms["weight_decay"]
         if self.sparsity_target is not None:
-            terms["sparsity"] = PF.kl_sparsity(encoded.mean_activation, self.sparsity_target)
+            terms["sparsity"] = PF.kl_sparsity(self.global_mean_activation(encoded.mean_activation, x.shape[0]),
+                                               self.sparsity_target)
             loss = loss + self.sparsity_weight * terms["sparsity"]
         if self.contractive_weight > 0.0:
             terms["contractive"] = encoded.contractive

@@ -1,0 +1,97 @@
+"""Two gloo processes on loopback give the gradients of one process on the whole batch."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import pyae
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+
+WORLD = 2
+
+
+def make_model():
+    torch.manual_seed(0)
+    return pyae.Autoencoder(12, 6, loss="cross_entropy", weight_decay=0.01, sparsity_target=0.1,
+                            sparsity_weight=0.7, contractive_weight=0.3, dtype=torch.float64)
+
+
+def make_batch():
+    return torch.rand(10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_main(rank, port, out_dir, split):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        model = make_model()
+        model.statistics_group = dist.group.WORLD
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        x = make_batch()
+        local = x[:split] if rank == 0 else x[split:]
+        out = ddp(local)
+        out.loss.backward()
+        torch.save({name: p.grad for name, p in model.named_parameters()}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_match_one_process(tmp_path):
+    model = make_model()
+    model(make_batch()).loss.backward()
+    expected = {name: p.grad for name, p in model.named_parameters()}
+
+    mp.spawn(rank_main, args=(free_port(), str(tmp_path), 5), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        grads = torch.load(tmp_path / f"rank{rank}.pt")
+        assert set(grads) == set(expected)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, expected[name], rtol=1e-12, atol=1e-14)
+
+
+def sparsity_rank_main(rank, port, out_dir, split):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        model = make_model()
+        model.statistics_group = dist.group.WORLD
+        x = make_batch()
+        local = x[:split] if rank == 0 else x[split:]
+        out = model(local)
+        # Unequal shares (3 and 7 rows): DDP's plain average of the gradients would weight the
+        # ranks' per-example means equally, but the sparsity statistic itself is the global
+        # one, weighted by batch size; its gradient, averaged over the ranks as DDP does, is
+        # the global KL's gradient.
+        out.terms["sparsity"].backward()
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= WORLD
+        torch.save({"value": out.terms["sparsity"].detach(),
+                    **{name: p.grad for name, p in model.named_parameters() if p.grad is not None}},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sparsity_statistic_is_global_with_unequal_shares(tmp_path):
+    model = make_model()
+    out = model(make_batch())
+    out.terms["sparsity"].backward()
+    expected = {"value": out.terms["sparsity"].detach(),
+                **{name: p.grad for name, p in model.named_parameters() if p.grad is not None}}
+    mp.spawn(sparsity_rank_main, args=(free_port(), str(tmp_path), 3), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert set(got) == set(expected)
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-12, atol=1e-14)
