@@ -8,7 +8,7 @@
 // Both passes view (B, n) as a flat array of numel = B * n elements, cut into items of VEC
 // consecutive elements (VEC * sizeof(scalar_t) = 16 bytes; the last item may be partial).
 // A grid-stride loop gives thread t of the grid the items t, t + T, t + 2T, ... (T = the
-// grid's thread count), kUnroll of them per iteration with every load issued before any
+// grid's thread count), a few of them per iteration with every load issued before any
 // compute. An item is moved with one 16-byte vector access when every pointer is 16-byte
 // aligned, element by element otherwise; that choice changes only the width of the memory
 // accesses, never which thread handles which element nor the order it handles them in.
@@ -56,13 +56,19 @@ using cuda_detail::store_pack;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-// Items per thread per loop iteration: with two 16-byte loads per item, 64 bytes in flight
-// per thread.
-constexpr int kUnroll = 2;
-// At most this many blocks: about 8 blocks of 256 threads per SM of a 132-SM H100/H200,
-// one wave; larger inputs loop. It also bounds the finalize kernel's work (4 partials per
-// thread). A constant, so the grid is a function of the shapes alone.
+// Items per thread per loop iteration, all loads issued before any compute: 2 in the
+// forward (two 16-byte loads per item, 64 bytes in flight per thread), 1 in the backward
+// (up to three loads per item, 48 bytes; two items would not fit in 64 registers). Either
+// keeps well over the ~16 KiB per SM in flight that full bandwidth needs.
+constexpr int kForwardUnroll = 2;
+constexpr int kBackwardUnroll = 1;
+// At most this many blocks (smaller inputs get one thread per item); larger inputs loop.
+// With at least kMinBlocksPerSM resident blocks of 256 threads per SM (registers <= 64 per
+// thread), 1024 blocks fill a 132-SM H100/H200 in two waves or fewer. It also bounds the
+// finalize kernel's work (4 partials per thread). A constant, not the device's SM count, so
+// the grid, and with it the order of the loss sum, is a function of the shapes alone.
 constexpr int64_t kMaxBlocks = 1024;
+constexpr int kMinBlocksPerSM = 4;
 constexpr size_t kVectorBytes = 16;
 
 // Elements per item: 16 bytes (2 doubles, 4 floats, 8 halves or bfloat16s).
@@ -135,17 +141,17 @@ __device__ __forceinline__ acc_t block_sum(acc_t value) {
 // the per-element losses (sigmoid_loss_terms, as on the CPU; the reconstruction is rounded
 // to scalar_t only when stored, the loss term is added unrounded).
 template <typename scalar_t, int VEC, bool kVector, bool kCrossEntropy>
-__global__ void __launch_bounds__(kThreads) loss_kernel(
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) loss_kernel(
     const scalar_t* __restrict__ logits, const scalar_t* __restrict__ target, scalar_t* __restrict__ reconstruction,
     int64_t numel, int64_t items, at::opmath_type<scalar_t>* __restrict__ partials) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   acc_t sum = 0;
 
-  for (int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; base < items; base += stride * kUnroll) {
-    Pack<scalar_t, VEC> z[kUnroll], x[kUnroll];
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; base < items; base += stride * kForwardUnroll) {
+    Pack<scalar_t, VEC> z[kForwardUnroll], x[kForwardUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kForwardUnroll; ++u) {
       const int64_t item = base + u * stride;
       if (item < items) {
         const int64_t first = item * VEC;
@@ -155,7 +161,7 @@ __global__ void __launch_bounds__(kThreads) loss_kernel(
       }
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kForwardUnroll; ++u) {
       const int64_t item = base + u * stride;
       if (item < items) {
         const int64_t first = item * VEC;
@@ -198,7 +204,7 @@ __global__ void __launch_bounds__(kThreads) loss_finalize_kernel(
 // absent gradient (null pointer) read as zero. grad_loss is read here, on the device, so
 // the host never waits for it.
 template <typename scalar_t, int VEC, bool kVector, bool kCrossEntropy>
-__global__ void __launch_bounds__(kThreads) loss_backward_kernel(
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) loss_backward_kernel(
     const scalar_t* __restrict__ grad_reconstruction, const scalar_t* __restrict__ grad_loss,
     const scalar_t* __restrict__ reconstruction, const scalar_t* __restrict__ target,
     scalar_t* __restrict__ grad_logits, int64_t numel, int64_t items, int64_t B) {
@@ -208,10 +214,10 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(
       grad_loss != nullptr ? static_cast<acc_t>(*grad_loss) / static_cast<acc_t>(B) : acc_t(0);
   const bool has_grad = grad_reconstruction != nullptr;
 
-  for (int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; base < items; base += stride * kUnroll) {
-    Pack<scalar_t, VEC> xhat[kUnroll], x[kUnroll], g[kUnroll];
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; base < items; base += stride * kBackwardUnroll) {
+    Pack<scalar_t, VEC> xhat[kBackwardUnroll], x[kBackwardUnroll], g[kBackwardUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kBackwardUnroll; ++u) {
       const int64_t item = base + u * stride;
       if (item < items) {
         const int64_t first = item * VEC;
@@ -222,7 +228,7 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(
       }
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kBackwardUnroll; ++u) {
       const int64_t item = base + u * stride;
       if (item < items) {
         const int64_t first = item * VEC;
