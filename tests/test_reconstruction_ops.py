@@ -3,6 +3,8 @@ gradcheck and opcheck."""
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import reference
 from pyae import functional as PF
@@ -119,3 +121,23 @@ def test_cpu_loss_does_not_depend_on_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(v, values[0]) for v in values)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.integers(1, 50), features=st.integers(1, 60), scale=st.sampled_from([0.1, 3.0, 50.0, 5000.0]),
+       loss=st.sampled_from(list(LOSSES)), transpose=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_property_matches_reference(batch, features, scale, loss, transpose, seed):
+    logits, target = make_pair(batch, features, scale=scale, seed=seed)
+    if transpose:  # column-major inputs
+        logits, target = logits.t().contiguous().t(), target.t().contiguous().t()
+    logits.requires_grad_()
+    reconstruction, value = ops.sigmoid_reconstruction_loss(logits, target, LOSSES[loss])
+    expected = reference.sigmoid_reconstruction_loss(logits, target, LOSSES[loss])
+    torch.testing.assert_close(reconstruction, expected[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(value, expected[1], rtol=1e-10, atol=1e-12)
+    upstream = torch.randn(reconstruction.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    got = torch.autograd.grad((reconstruction * upstream).sum() + value, logits)[0]
+    wanted = torch.autograd.grad((expected[0] * upstream).sum() + expected[1], logits)[0]
+    assert torch.isfinite(got).all()
+    # Loose only against cancellation between the two upstream terms; float32 would be ~1e-7.
+    torch.testing.assert_close(got, wanted, rtol=1e-7, atol=1e-9)
