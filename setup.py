@@ -7,7 +7,8 @@ found. Environment switches:
     FORCE_CUDA=1            build the CUDA kernels even if the checks above say no
     PYAE_CUDA=0             never build the CUDA kernels
     CUDA_HOME               the toolkit folder whose include/ holds cuda_runtime.h
-    TORCH_CUDA_ARCH_LIST    GPU architectures to compile for, e.g. "9.0" or "8.0;9.0+PTX"
+    TORCH_CUDA_ARCH_LIST    GPU architectures to compile for, e.g. "9.0" or "8.0;9.0+PTX"; without
+                            it, the visible GPUs', or DEFAULT_CUDA_ARCH_LIST when none is visible
     MAX_JOBS                parallel compile jobs (ninja)
     DEBUG=1                 -O0 -g, no NDEBUG
 
@@ -64,6 +65,11 @@ def _cuda_library_include_dirs():
     return sorted(folders)
 
 
+# Turing, Ampere (8.0 code also runs on 8.6/8.7/8.9), Hopper, Blackwell, and PTX that newer
+# GPUs compile at load time.
+DEFAULT_CUDA_ARCH_LIST = "7.5;8.0;9.0;10.0;12.0+PTX"
+
+
 def _flag(name):
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -118,7 +124,15 @@ def _extension():
     else:
         extension_class = CppExtension
 
-    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "(torch's default: the visible GPUs, else all it knows)")
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if use_cuda and not arch:
+        if torch.cuda.is_available():
+            arch = "(the visible GPUs')"
+        else:
+            # torch has no default without a visible GPU (it fails); build for the families a
+            # CUDA 13 toolkit supports, with PTX for newer ones.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = arch = DEFAULT_CUDA_ARCH_LIST
+            arch += " (default: no GPU visible and TORCH_CUDA_ARCH_LIST unset)"
     print(
         "pyae build configuration:\n"
         f"  backend      : {'CPU + CUDA' if use_cuda else 'CPU only'} ({reason})\n"
