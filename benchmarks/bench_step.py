@@ -17,7 +17,7 @@ the KL sparsity penalty, forward and backward. Peers:
     pyae_graph   pyae.TrainStep: pyae's whole step incl. the SGD update in one CUDA graph (CUDA)
 
 Timing: warm-up, then the median (and interquartile range) of --repeat timed steps, with CUDA
-events on a GPU. Memory: the bytes autograd saves for the backward (every device), and on
+events on a GPU; the peers of one size take turns step by step, so drift hits them alike. Memory: the bytes autograd saves for the backward (every device), and on
 CUDA the peak allocated during a step above what was allocated before it. Ratios are to
 `plain` in the same run. Writes a Markdown table to stdout and, with --json, the raw numbers.
 
@@ -33,6 +33,7 @@ import platform
 import statistics
 import sys
 import time
+import types
 from datetime import datetime, timezone
 
 import torch
@@ -82,6 +83,13 @@ def jacrev_loss(x, W1, b1, W2, b2):
 
 # --------------------------------------------------------------------------------------
 # Steps: each returns a zero-argument callable that runs one forward + backward.
+
+
+def distinct_copy(function, tag):
+    """The same function under a code object of its own, so that compiling it in two modes
+    keeps two independent compile caches."""
+    code = function.__code__.replace(co_name=f"{function.__name__}_{tag}")
+    return types.FunctionType(code, function.__globals__, code.co_name)
 
 
 def make_model(n, k, device, dtype, seed=0):
@@ -153,7 +161,6 @@ def pyae_step(model, x):
 
 
 def compiled_module_step(model, x, mode):
-    torch._dynamo.reset()
     compiled = torch.compile(model, mode=mode, fullgraph=True)
     return pyae_step(compiled, x)
 
@@ -168,27 +175,37 @@ def pyae_graph_step(model, x):
 # Measurement
 
 
-def time_step(step, device, warmup, repeat):
-    for _ in range(warmup):
+def time_once(step, device):
+    """Milliseconds of one step: CUDA events on a GPU, the wall clock on a CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    start = time.perf_counter()
+    step()
+    return (time.perf_counter() - start) * 1e3
+
+
+def time_interleaved(steps, device, warmup, repeat):
+    """{peer: (median ms, IQR ms)}. The peers take turns, one step each per round, so that
+    a machine whose speed drifts (a shared, noisy one) slows them all alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-        times = []
-        for _ in range(repeat):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - start) * 1e3)
-    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return statistics.median(times), quartiles[2] - quartiles[0]
+    times = {peer: [] for peer in steps}
+    for _ in range(repeat):
+        for peer, step in steps.items():
+            times[peer].append(time_once(step, device))
+    result = {}
+    for peer, values in times.items():
+        quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+        result[peer] = (statistics.median(values), quartiles[2] - quartiles[0])
+    return result
 
 
 def saved_bytes(step, alive):
@@ -233,9 +250,8 @@ def build(peer, model, x):
     if peer == "jacrev":
         return loss_step(jacrev_loss, x, params)
     if peer in ("compiled", "compiled_ro"):
-        torch._dynamo.reset()
         mode = "reduce-overhead" if peer == "compiled_ro" else None
-        return loss_step(torch.compile(eager_loss, mode=mode, fullgraph=True), x, params)
+        return loss_step(torch.compile(distinct_copy(eager_loss, peer), mode=mode, fullgraph=True), x, params)
     if peer == "graph":
         return graph_step(eager_loss, x, params)
     if peer == "pyae":
@@ -249,35 +265,44 @@ def build(peer, model, x):
 
 def run(args):
     device = torch.device(args.device)
+    # Every compiled peer is its own compiled function or module: no cache resets between them.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     rows = []
     for dtype_name in args.dtype:
         dtype = getattr(torch, dtype_name)
         for size in args.sizes:
             B, n, k = (int(v) for v in size.split("x"))
-            results = {}
+            x = torch.rand(B, n, device=device, dtype=dtype)
+            models, steps, results = {}, {}, {}
             for peer in args.peers:
                 if peer in CUDA_ONLY and device.type != "cuda":
                     continue
                 if peer == "jacrev" and B * k * n > args.jacrev_limit:
                     continue
-                model = make_model(n, k, device, dtype)
-                x = torch.rand(B, n, device=device, dtype=dtype)
+                models[peer] = make_model(n, k, device, dtype)
                 try:
-                    step = build(peer, model, x)
-                    median, iqr = time_step(step, device, args.warmup, args.repeat)
-                    saved = None
-                    if peer not in ("gemm", "graph", "pyae_graph", "jacrev"):  # jacrev refuses saved-tensor hooks
-                        saved = saved_bytes(step, [x, *model.parameters()])
-                    peak = cuda_peak_bytes(step) if device.type == "cuda" else None
-                    results[peer] = dict(ms=median, iqr_ms=iqr, saved_bytes=saved, peak_bytes=peak)
+                    steps[peer] = build(peer, models[peer], x)
+                    steps[peer]()  # compiles, captures, fails here rather than mid-measurement
                 except Exception as error:  # a peer that cannot run here is reported, not fatal
                     results[peer] = dict(error=f"{type(error).__name__}: {error}".splitlines()[0][:160])
-                print(f"  {dtype_name} {size} {peer}: {results[peer]}", file=sys.stderr, flush=True)
+            for peer, (median, iqr) in time_interleaved(steps, device, args.warmup, args.repeat).items():
+                saved = None
+                if peer not in ("gemm", "graph", "pyae_graph", "jacrev"):  # jacrev refuses saved-tensor hooks
+                    saved = saved_bytes(steps[peer], [x, *models[peer].parameters()])
+                peak = cuda_peak_bytes(steps[peer]) if device.type == "cuda" else None
+                results[peer] = dict(ms=median, iqr_ms=iqr, saved_bytes=saved, peak_bytes=peak)
             base = results.get("plain", {}).get("ms")
-            for peer, result in results.items():
+            for peer in args.peers:
+                if peer not in results:
+                    continue
+                result = results[peer]
                 if base and "ms" in result:
                     result["ratio_to_plain"] = result["ms"] / base
+                print(f"  {dtype_name} {size} {peer}: {result}", file=sys.stderr, flush=True)
                 rows.append(dict(dtype=dtype_name, size=size, peer=peer, **result))
+            del models, steps
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return rows
 
 
