@@ -19,6 +19,44 @@ using cpu::TileGrid;
 using cpu::accumulation_dtype;
 using cpu::sum_row_tiles;
 
+// Adds sum_i h_il and sum_i d_il^2 over rows [r0, r1) into h_sum[l], d2_sum[l] for the
+// columns [c0, c1). The restrict-qualified pointers and the branch-free body let the
+// compiler vectorize along l.
+template <typename scalar_t, typename acc_t>
+void add_activation_sums(const scalar_t* __restrict h, acc_t* __restrict h_sum, acc_t* __restrict d2_sum,
+                         int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t k) {
+  for (int64_t i = r0; i < r1; ++i) {
+    const scalar_t* __restrict row = h + i * k;
+    for (int64_t l = c0; l < c1; ++l) {
+      const acc_t value = static_cast<acc_t>(row[l]);
+      const acc_t d = sigmoid_slope(value);
+      h_sum[l] += value;
+      d2_sum[l] += d * d;
+    }
+  }
+}
+
+// delta_il for rows [r0, r1) and columns [c0, c1), and its column sums together with those
+// of d_il^2. kHasGradHidden picks the loop without the (absent) grad_hidden stream.
+template <bool kHasGradHidden, typename scalar_t, typename acc_t>
+void delta_rows(const scalar_t* __restrict h, const scalar_t* __restrict g_h, const acc_t* __restrict rho_term,
+                const acc_t* __restrict coef, scalar_t* __restrict out, acc_t* __restrict delta_sum,
+                acc_t* __restrict d2_sum, int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t k) {
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t offset = i * k;
+    for (int64_t l = c0; l < c1; ++l) {
+      const acc_t value = static_cast<acc_t>(h[offset + l]);
+      acc_t upstream = rho_term[l];
+      if constexpr (kHasGradHidden) upstream += static_cast<acc_t>(g_h[offset + l]);
+      const acc_t delta_il = pre_activation_grad(value, upstream, coef[l]);
+      const acc_t d = sigmoid_slope(value);
+      out[offset + l] = static_cast<scalar_t>(delta_il);
+      delta_sum[l] += delta_il;
+      d2_sum[l] += d * d;
+    }
+  }
+}
+
 // c_l = ||weight_l||^2, accumulated in acc_t.
 template <typename scalar_t, typename acc_t>
 void squared_row_norms(const scalar_t* weight, int64_t k, int64_t n, acc_t* out) {
@@ -47,23 +85,24 @@ struct CpuBackend {
     at::Tensor mean_activation = at::empty({k}, hidden.options());
     at::Tensor contractive = at::empty({}, hidden.options());
 
+    // Two passes: ATen's sigmoid in place, then the column sums. ATen's sigmoid is vectorized
+    // for the CPU at hand (AVX2, AVX-512), which an extension built with default flags cannot
+    // match for exp, and the sums vectorize from plain C++: together they beat one scalar pass.
+    // ATen's vector loop and its scalar tail can differ in the last bit, so the sigmoid runs
+    // on slabs of whole rows fixed by the shape, each below ATen's parallel grain (so each is
+    // one serial call): where the tails fall then depends on the shape alone, never on the
+    // number of threads.
+    const int64_t rows_per_slab = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(k, 1));
+    for (int64_t r0 = 0; r0 < B; r0 += rows_per_slab) {
+      hidden.narrow(0, r0, std::min(rows_per_slab, B - r0)).sigmoid_();
+    }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "pyae_sigmoid_encoder_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      scalar_t* h = hidden.data_ptr<scalar_t>();
-      acc_t* partial = partials.data_ptr<acc_t>();
+      const scalar_t* h = hidden.const_data_ptr<scalar_t>();
+      acc_t* partial = partials.mutable_data_ptr<acc_t>();
       grid.for_each_tile([&](int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t row_tile) {
         acc_t* h_sum = partial + row_tile * 2 * k;
-        acc_t* d2_sum = h_sum + k;
-        for (int64_t i = r0; i < r1; ++i) {
-          scalar_t* row = h + i * k;
-          for (int64_t l = c0; l < c1; ++l) {
-            const acc_t value = sigmoid(static_cast<acc_t>(row[l]));
-            const acc_t d = sigmoid_slope(value);
-            row[l] = static_cast<scalar_t>(value);
-            h_sum[l] += value;
-            d2_sum[l] += d * d;
-          }
-        }
+        add_activation_sums(h, h_sum, h_sum + k, r0, r1, c0, c1, k);
       });
       acc_t* total = totals.data_ptr<acc_t>();
       sum_row_tiles(partial, grid.row_tiles, 2, k, total);
@@ -94,10 +133,11 @@ struct CpuBackend {
     const auto acc_options = hidden.options().dtype(accumulation_dtype(hidden.scalar_type()));
     const bool has_contractive = grad_contractive.has_value();
     want_row_scale = want_row_scale && has_contractive;
-    // partials[t][0]: sum_i delta_il, partials[t][1]: sum_i d_il^2, for row tile t.
-    const int64_t sums = (want_column_sums || want_row_scale) ? 2 : 0;
-    at::Tensor partials = at::zeros({grid.row_tiles, sums, k}, acc_options);
-    at::Tensor totals = at::empty({sums, k}, acc_options);
+    // partials[t][0]: sum_i delta_il, partials[t][1]: sum_i d_il^2, for row tile t. The sums
+    // cost nothing next to the pass's memory traffic, so they are always taken.
+    const bool sums = want_column_sums || want_row_scale;
+    at::Tensor partials = at::zeros({grid.row_tiles, 2, k}, acc_options);
+    at::Tensor totals = at::empty({2, k}, acc_options);
     at::Tensor delta = at::empty_like(hidden);
     at::Tensor grad_bias, row_scale;
     if (want_column_sums) grad_bias = at::empty({k}, hidden.options());
@@ -122,31 +162,22 @@ struct CpuBackend {
         for (int64_t l = 0; l < k; ++l) coef[l] *= contractive_scale;
       }
 
-      const scalar_t* h = hidden.data_ptr<scalar_t>();
-      const scalar_t* g_h = grad_hidden.has_value() ? grad_hidden->data_ptr<scalar_t>() : nullptr;
-      scalar_t* out = delta.data_ptr<scalar_t>();
-      acc_t* partial = partials.data_ptr<acc_t>();
+      const scalar_t* h = hidden.const_data_ptr<scalar_t>();
+      scalar_t* out = delta.mutable_data_ptr<scalar_t>();
+      acc_t* partial = partials.mutable_data_ptr<acc_t>();
       grid.for_each_tile([&](int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t row_tile) {
-        acc_t* delta_sum = partial + row_tile * sums * k;
-        acc_t* d2_sum = delta_sum + k;
-        for (int64_t i = r0; i < r1; ++i) {
-          const int64_t offset = i * k;
-          for (int64_t l = c0; l < c1; ++l) {
-            const acc_t value = static_cast<acc_t>(h[offset + l]);
-            const acc_t upstream = (g_h ? static_cast<acc_t>(g_h[offset + l]) : acc_t(0)) + rho_term[l];
-            const acc_t delta_il = pre_activation_grad(value, upstream, coef[l]);
-            out[offset + l] = static_cast<scalar_t>(delta_il);
-            if (sums) {
-              const acc_t d = sigmoid_slope(value);
-              delta_sum[l] += delta_il;
-              d2_sum[l] += d * d;
-            }
-          }
+        acc_t* delta_sum = partial + row_tile * 2 * k;
+        if (grad_hidden.has_value()) {
+          delta_rows<true>(h, grad_hidden->const_data_ptr<scalar_t>(), rho_term, coef, out, delta_sum, delta_sum + k,
+                           r0, r1, c0, c1, k);
+        } else {
+          delta_rows<false>(h, static_cast<const scalar_t*>(nullptr), rho_term, coef, out, delta_sum, delta_sum + k,
+                            r0, r1, c0, c1, k);
         }
       });
       if (sums) {
         acc_t* total = totals.data_ptr<acc_t>();
-        sum_row_tiles(partial, grid.row_tiles, sums, k, total);
+        sum_row_tiles(partial, grid.row_tiles, 2, k, total);
         if (want_column_sums) {
           scalar_t* bias_grad = grad_bias.data_ptr<scalar_t>();
           for (int64_t l = 0; l < k; ++l) bias_grad[l] = static_cast<scalar_t>(total[l]);
