@@ -1,0 +1,215 @@
+"""The pyae command, run in-process through main(): train, resume, filters, errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyae import training
+from pyae.cli import main
+from pyae.training import load_checkpoint
+
+TINY = ["--hidden", "8", "--limit", "200", "--batch-size", "50", "--loss", "cross_entropy", "--lr", "0.01",
+        "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models: one thread avoids OpenMP overhead (and stalls on a busy machine).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def run(capsys, *argv):
+    code = main(list(map(str, argv)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_usage_error(code, err, *fragments):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyae: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_train_resume_and_filters(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, "train", "--out", out, "--epochs", "1", "--noise", "mask", "--noise-level", "0.3",
+                            *TINY)
+    assert code == 0, err
+    assert "trained 1 epochs" in stdout
+    assert err == ""  # --quiet
+    checkpoint = out / "checkpoint.pt"
+    ckpt = load_checkpoint(checkpoint)
+    assert ckpt.epoch == 1 and ckpt.config.n_hidden == 8 and ckpt.config.noise == "mask"
+    assert ckpt.extra["data_settings"] == {"data": None, "limit": 200}
+    history = json.loads((out / "history.json").read_text())
+    assert history["history"]["epoch"] == [1]
+    assert (out / "filters.png").stat().st_size > 0
+
+    # Without --resume an existing run is never overwritten.
+    code, _, err = run(capsys, "train", "--out", out, "--epochs", "2", *TINY)
+    assert_usage_error(code, err, "already exists", "--resume")
+
+    # Resuming may change --epochs, not the model or the optimization.
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--lr", "0.5", "--epochs", "2")
+    assert_usage_error(code, err, "--lr", "0.5", "0.01")
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--limit", "300", "--epochs", "2")
+    assert_usage_error(code, err, "--limit", "300", "200", "same data")
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--data", tmp_path, "--epochs", "2")
+    assert_usage_error(code, err, "--data", "None")
+    code, stdout, err = run(capsys, "train", "--out", out, "--resume", "--epochs", "2", "--quiet")
+    assert code == 0, err
+    assert load_checkpoint(checkpoint).epoch == 2
+
+    # ... and ends where a straight two-epoch run ends.
+    straight = tmp_path / "straight"
+    assert main(["train", "--out", str(straight), "--epochs", "2", "--noise", "mask", "--noise-level", "0.3",
+                 *TINY]) == 0
+    capsys.readouterr()
+    a, b = load_checkpoint(checkpoint).model_state, load_checkpoint(straight / "checkpoint.pt").model_state
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    code, stdout, _ = run(capsys, "train", "--out", out, "--resume", "--epochs", "2", "--quiet")
+    assert code == 0 and "already holds 2 epochs" in stdout
+
+    png = tmp_path / "grid.png"
+    code, stdout, err = run(capsys, "filters", checkpoint, "--out", png, "--rows", "2", "--cols", "4")
+    assert code == 0, err
+    assert png.stat().st_size > 0 and str(png) in stdout
+    (out / "filters.png").unlink()
+    code, _, err = run(capsys, "filters", checkpoint)
+    assert code == 0, err
+    assert (out / "filters.png").exists()
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run with space"
+    real_train = training.train
+    interrupt_in_epoch = [2]
+
+    def interrupted_train(*args, **kwargs):
+        def interrupt(epoch, step, output):
+            if epoch == interrupt_in_epoch[0] and step == 1:
+                raise KeyboardInterrupt
+
+        return real_train(*args, callback=interrupt, **kwargs)
+
+    monkeypatch.setattr(training, "train", interrupted_train)
+    code, _, err = run(capsys, "train", "--out", out, "--epochs", "3", *TINY)
+    assert code == 130
+    assert "epoch 1 of 3" in err and str(out / "checkpoint.pt") in err
+    assert "pyae train --out" in err and "--resume" in err and "'" in err  # the path is shell-quoted
+    assert "Traceback" not in err
+    assert load_checkpoint(out / "checkpoint.pt").epoch == 1
+    assert [n for n in os.listdir(out) if n.endswith(".tmp")] == []
+
+    monkeypatch.setattr(training, "train", real_train)
+    code, _, err = run(capsys, "train", "--out", out, "--resume")
+    assert code == 0, err
+    assert load_checkpoint(out / "checkpoint.pt").epoch == 3
+
+    # Interrupted before any checkpoint: says so.
+    monkeypatch.setattr(training, "train", interrupted_train)
+    interrupt_in_epoch[0] = 1
+    code, _, err = run(capsys, "train", "--out", tmp_path / "early", "--epochs", "3", *TINY)
+    assert code == 130 and "no checkpoint was written" in err
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["train", "--out", "{tmp}/a", "--bogus"], ["unrecognized arguments: --bogus", "pyae train --help"]),
+        (["train"], ["--out"]),
+        (["train", "--out", "{tmp}/a", "--epochs", "0"], ["--epochs", "positive integer"]),
+        (["train", "--out", "{tmp}/a", "--lr", "abc"], ["--lr", "'abc'"]),
+        (["train", "--out", "{tmp}/a", "--lr", "-1"], ["--lr", "lr must be"]),
+        (["train", "--out", "{tmp}/a", "--noise", "mask", "--noise-level", "2"], ["--noise-level", "[0, 1]"]),
+        (["train", "--out", "{tmp}/a", "--noise", "salt"], ["--noise", "salt"]),
+        (["train", "--out", "{tmp}/a", "--sparsity-weight", "1"], ["sparsity_target"]),
+        (["train", "--out", "{tmp}/a", "--loss", "cross_entropy", "--decoder", "linear"], ["--loss", "sigmoid"]),
+        (["train", "--out", "{tmp}/a", "--momentum", "1"], ["--momentum"]),
+        (["train", "--out", "{tmp}/a", "--device", "tpu"], ["--device", "tpu"]),
+        (["train", "--out", "{tmp}/a", "--data", "{tmp}/no-such-dir"], ["--data", "not a directory"]),
+        (["train", "--out", "{tmp}/a", "--data", "{tmp}"], ["not found", "train-images-idx3-ubyte"]),
+        (["train", "--out", "{tmp}/a", "--resume"], ["no checkpoint", "without --resume"]),
+        (["train", "--out", "{tmp}/file.txt"], ["not a directory"]),
+        (["filters", "{tmp}/missing.pt"], ["missing.pt", "does not exist"]),
+        (["filters", "{tmp}/file.txt"], ["file.txt", "not a readable pyae checkpoint"]),
+        (["filters", "{tmp}/file.txt", "--rows", "0"], ["--rows"]),
+        (["experiment"], ["--out"]),
+        (["experiment", "--out", "{tmp}/e", "--device", "cuda:99"], ["--device"]),
+        (["experiment", "--out", "{tmp}/e", "--data", "{tmp}/nowhere"], ["--data"]),
+        ([], ["COMMAND"]),
+        (["frobnicate"], ["frobnicate"]),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, argv, fragments):
+    (tmp_path / "file.txt").write_text("not a checkpoint")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert_usage_error(code, err, *fragments)
+    assert not (tmp_path / "a").exists() or not (tmp_path / "a" / "checkpoint.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--out", tmp_path / "a", "--device", "cuda", *TINY[:-3])
+    assert_usage_error(code, err, "--device", "CUDA is not available")
+    code, _, err = run(capsys, "experiment", "--out", tmp_path / "e", "--device", "cuda", "--quick")
+    assert_usage_error(code, err, "CUDA is not available")
+
+
+def test_corrupt_checkpoint_on_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"\x00" * 100)
+    code, _, err = run(capsys, "train", "--out", out, "--resume")
+    assert_usage_error(code, err, "checkpoint.pt", "not a readable pyae checkpoint")
+
+
+def test_help_and_version(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "train" in out and "experiment" in out and "filters" in out
+    code, out, _ = run(capsys, "train", "--help")
+    assert code == 0 and "--noise-level" in out and "--resume" in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and "pyae" in out
+
+
+def test_experiment_command_prints_the_table(tmp_path, capsys, monkeypatch):
+    from pyae import experiment
+
+    calls = {}
+    fake = {"settings": {}, "models": {
+        "raw": {"test_accuracy": 0.896, "train_accuracy": 1.0, "mean_squared_jacobian_norm": None,
+                "mean_activation": None, "train_seconds": 0.0},
+        "vanilla": {"test_accuracy": 0.91, "train_accuracy": 0.95, "mean_squared_jacobian_norm": 12.5,
+                    "mean_activation": 0.3, "train_seconds": 5.0}}}
+
+    def fake_run(out_dir, **kwargs):
+        calls.update(kwargs, out_dir=out_dir)
+        return fake
+
+    monkeypatch.setattr(experiment, "run_experiment", fake_run)
+    code, out, err = run(capsys, "experiment", "--out", tmp_path / "e", "--quick", "--seed", "3", "--device", "cpu",
+                         "--threads", "1")
+    assert code == 0, err
+    assert calls["quick"] is True and calls["seed"] == 3 and calls["device"] == "cpu" and calls["num_threads"] == 1
+    assert "89.60%" in out and "vanilla" in out and "12.5" in out
+
+
+def test_python_dash_m_pyae_help():
+    result = subprocess.run([sys.executable, "-m", "pyae", "--help"], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert "usage: pyae" in result.stdout and "experiment" in result.stdout

@@ -1,0 +1,83 @@
+"""pyae.experiment: the quick run writes a complete, consistent set of results."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+from pyae.experiment import MODELS, format_table, run_experiment  # noqa: E402
+
+AUTOENCODERS = list(MODELS)
+NAMES = ["raw", *AUTOENCODERS]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("experiment")
+    threads = torch.get_num_threads()
+    results = run_experiment(out, quick=True, device="cpu", progress=False, num_threads=1)
+    assert torch.get_num_threads() == threads  # restored
+    return out, results
+
+
+def test_results_json(quick_run):
+    out, results = quick_run
+    stored = json.loads((out / "results.json").read_text())
+    assert stored == json.loads(json.dumps(results))
+    assert list(stored["models"]) == NAMES
+    assert all(name.startswith(("raw", "vanilla", "denoising", "sparse", "contractive")) for name in NAMES)
+    settings = stored["settings"]
+    assert settings["quick"] is True and settings["seed"] == 0 and settings["device"] == "cpu"
+    assert settings["complete"] is True and settings["cpu_threads"] == 1
+    assert settings["n_train"] == 1000 and settings["n_test"] == 2000
+    for name, entry in stored["models"].items():
+        for key in ("test_accuracy", "train_accuracy"):
+            assert 0.0 <= entry[key] <= 1.0, (name, key)
+        assert entry["train_seconds"] >= 0.0
+        if name == "raw":
+            assert entry["mean_squared_jacobian_norm"] is None and entry["mean_activation"] is None
+            assert entry["test_accuracy"] > 0.8  # pixels already separate digits well
+            continue
+        assert entry["mean_squared_jacobian_norm"] > 0.0
+        assert 0.0 < entry["mean_activation"] < 1.0
+        assert entry["config"]["n_hidden"] == settings["n_hidden"]
+        for option, value in MODELS[name].items():
+            assert entry["config"][option] == value
+    # 10 classes: every model is well above chance even in a smoke run.
+    assert min(e["test_accuracy"] for e in stored["models"].values()) > 0.2
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_pictures_and_report(quick_run):
+    out, results = quick_run
+    for name in AUTOENCODERS:
+        assert (out / f"filters_{name}.png").stat().st_size > 0
+    for name, options in MODELS.items():
+        picture = out / f"reconstructions_{name}.png"
+        assert picture.exists() == (options.get("noise") is not None)
+    assert (out / "kl_penalty.png").stat().st_size > 0
+    assert (out / "training_loss.png").stat().st_size > 0
+
+    report = (out / "report.md").read_text()
+    assert "smoke run" in report
+    for name in NAMES:
+        assert f"| {name} " in report
+    for png in out.glob("*.png"):
+        assert f"({png.name})" in report, png.name
+    assert format_table(results) in report
+
+
+def test_statistics_mean_what_they_say(quick_run):
+    _, results = quick_run
+    models = results["models"]
+    # The sparse model's target (0.05) pulls its mean activation below the vanilla one's.
+    assert models["sparse"]["mean_activation"] < models["vanilla"]["mean_activation"]
+
+
+def test_format_table_plain():
+    results = {"models": {"raw": {"test_accuracy": 0.5, "train_accuracy": 1.0}}}
+    table = format_table(results, markdown=False)
+    assert "50.00%" in table and "|" not in table and "Jacobian" in table

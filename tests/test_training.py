@@ -1,0 +1,410 @@
+"""pyae.training: the config, checkpoints (atomic, validated), bitwise resume, interrupts,
+and the classic result that a linear autoencoder finds the principal subspace."""
+
+import fractions
+import os
+
+import pytest
+import torch
+
+import pyae
+from pyae import training
+from pyae.data import load_mnist
+from pyae.training import (
+    CHECKPOINT_VERSION,
+    TrainConfig,
+    build_model,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_device,
+    save_checkpoint,
+    train,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models: one thread avoids OpenMP overhead (and stalls on a busy machine).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """300 real training digits, all classes (the embedded set is sorted by class)."""
+    images, _ = load_mnist()
+    keep = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:300]
+    return images[keep]
+
+
+def tiny(**overrides):
+    options = dict(n_hidden=16, loss="cross_entropy", epochs=3, batch_size=32, lr=0.01, device="cpu", seed=3)
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def no_temp_files(directory):
+    return [name for name in os.listdir(directory) if name.endswith(".tmp")] == []
+
+
+# ------------------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("n_hidden", 0, ValueError),
+        ("n_hidden", 2.5, TypeError),
+        ("epochs", 0, ValueError),
+        ("batch_size", -1, ValueError),
+        ("lr", 0.0, ValueError),
+        ("lr", float("nan"), ValueError),
+        ("lr", "0.1", TypeError),
+        ("momentum", 1.0, ValueError),
+        ("optimizer", "rmsprop", ValueError),
+        ("seed", -1, ValueError),
+        ("seed", True, TypeError),
+        ("dtype", "int32", ValueError),
+        ("device", "tpu", ValueError),
+        ("decoder", "relu", ValueError),
+        ("loss", "l1", ValueError),
+        ("noise", "salt", ValueError),
+        ("weight_decay", -0.1, ValueError),
+        ("sparsity_weight", -1.0, ValueError),
+        ("contractive_weight", float("inf"), ValueError),
+        ("tied_weights", "yes", TypeError),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(field, value, error):
+    with pytest.raises(error, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_config_cross_field_rules():
+    with pytest.raises(ValueError, match="noise_level"):
+        TrainConfig(noise="mask", noise_level=1.5)
+    with pytest.raises(ValueError, match="noise_level"):
+        TrainConfig(noise_level=0.3)  # no noise kind
+    with pytest.raises(ValueError, match="sparsity_target"):
+        TrainConfig(sparsity_weight=0.5)
+    with pytest.raises(ValueError, match="cross_entropy"):
+        TrainConfig(loss="cross_entropy", decoder="linear")
+
+
+def test_config_round_trips_through_a_dict():
+    config = TrainConfig(n_hidden=7, noise="gaussian", noise_level=1, sparsity_target=0.1, optimizer="adam",
+                         dtype=torch.float64)
+    assert config.dtype == "float64" and config.noise_level == 1.0
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="bogus"):
+        TrainConfig.from_dict({**config.to_dict(), "bogus": 1})
+
+
+def test_build_model_is_seeded_and_leaves_the_global_rng_alone():
+    state = torch.get_rng_state()
+    a, b = build_model(tiny(), 784), build_model(tiny(), 784)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a.encoder.weight, b.encoder.weight)
+    assert not torch.equal(a.encoder.weight, build_model(tiny(seed=4), 784).encoder.weight)
+    assert isinstance(a, pyae.Autoencoder) and a.loss_kind == "cross_entropy"
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+
+def test_checkpoint_round_trip(tmp_path, digits):
+    path = tmp_path / "run" / "checkpoint.pt"
+    config = tiny(epochs=2, noise="mask", noise_level=0.25, optimizer="adam")
+    model, history = train(config, digits, checkpoint_path=path, progress=False, extra={"note": "hi"})
+    ckpt = load_checkpoint(path)
+    assert ckpt.version == CHECKPOINT_VERSION and ckpt.epoch == 2 and ckpt.config == config
+    assert ckpt.n_inputs == 784 and ckpt.extra == {"note": "hi"}
+    assert ckpt.history["loss"] == pytest.approx(history["loss"])
+    assert {"torch", "shuffle", "noise"} <= set(ckpt.rng_state)
+    assert all(ckpt.rng_state[k].dtype == torch.uint8 for k in ("torch", "shuffle", "noise"))
+    for name, value in model.state_dict().items():
+        assert torch.equal(ckpt.model_state[name], value), name
+    assert ckpt.optimizer_state["state"], "Adam's moments are stored"
+    restored = model_from_checkpoint(path)
+    assert not restored.training
+    for a, b in zip(restored.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+    assert history["epoch"] == [1, 2] and len(history["seconds"]) == 2
+    assert set(history) == {"epoch", "loss", "reconstruction", "seconds"}
+    assert no_temp_files(path.parent)
+
+
+def _save(path, model, epoch, config):
+    optimizer = training.build_optimizer(config, model.parameters())
+    rng = {"torch": torch.get_rng_state(), "shuffle": torch.Generator().get_state(),
+           "noise": torch.Generator().get_state()}
+    return save_checkpoint(path, model=model, optimizer=optimizer, epoch=epoch, config=config, rng_state=rng)
+
+
+def test_failed_rename_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    config = tiny()
+    path = tmp_path / "checkpoint.pt"
+    _save(path, build_model(config, 784), 1, config)
+    before = path.read_bytes()
+
+    def crash(src, dst):
+        raise OSError("simulated crash during rename")
+
+    monkeypatch.setattr(training.os, "replace", crash)
+    with pytest.raises(OSError, match="simulated"):
+        _save(path, build_model(tiny(seed=9), 784), 2, config)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert load_checkpoint(path).epoch == 1
+    assert no_temp_files(tmp_path)
+
+
+def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    config = tiny()
+    path = tmp_path / "checkpoint.pt"
+    _save(path, build_model(config, 784), 1, config)
+    real_save = torch.save
+
+    def save_half_then_interrupt(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.torch, "save", save_half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _save(path, build_model(config, 784), 2, config)
+    monkeypatch.setattr(training.torch, "save", real_save)
+    assert load_checkpoint(path).epoch == 1
+    assert no_temp_files(tmp_path)
+
+
+def test_truncated_and_corrupt_checkpoints_are_refused(tmp_path):
+    config = tiny()
+    good = tmp_path / "good.pt"
+    _save(good, build_model(config, 784), 1, config)
+    data = good.read_bytes()
+    cases = {
+        "truncated.pt": data[: len(data) // 2],
+        "empty.pt": b"",
+        "garbage.pt": os.urandom(4096),
+        "text.pt": b"this is not a checkpoint\n",
+        "flipped.pt": data[:100] + bytes(b ^ 0xFF for b in data[100:200]) + data[200:],
+    }
+    for name, content in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match="not a (readable|valid) pyae checkpoint") as info:
+            load_checkpoint(path)
+        assert str(path) in str(info.value), name
+
+
+def test_foreign_and_inconsistent_files_are_refused(tmp_path):
+    foreign = tmp_path / "state_dict.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), foreign)
+    with pytest.raises(ValueError, match="'format'") as info:
+        load_checkpoint(foreign)
+    assert str(foreign) in str(info.value)
+
+    config = tiny()
+    good = tmp_path / "good.pt"
+    _save(good, build_model(config, 784), 1, config)
+    payload = torch.load(good, weights_only=True)
+    for mutate, message in [
+        (lambda p: p.pop("model"), "missing key 'model'"),
+        (lambda p: p.pop("rng_state"), "missing key 'rng_state'"),
+        (lambda p: p.update(version=CHECKPOINT_VERSION + 1), "version"),
+        (lambda p: p.update(epoch="one"), "'epoch'"),
+        (lambda p: p["config"].update(lr=-1.0), "lr"),
+        (lambda p: p["rng_state"].pop("noise"), "noise"),
+        (lambda p: p.update(n_inputs=100), "encoder.weight"),
+    ]:
+        broken = {**payload, "config": dict(payload["config"]), "rng_state": dict(payload["rng_state"])}
+        mutate(broken)
+        path = tmp_path / "broken.pt"
+        torch.save(broken, path)
+        with pytest.raises(ValueError, match=message):
+            load_checkpoint(path)
+
+    # Arbitrary objects are never unpickled (weights_only=True).
+    evil = tmp_path / "evil.pt"
+    torch.save({**payload, "extra": {"obj": fractions.Fraction(1, 3)}}, evil)
+    with pytest.raises(ValueError, match="not a readable pyae checkpoint"):
+        load_checkpoint(evil)
+
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="directory"):
+        load_checkpoint(tmp_path)
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+RESUME_CONFIGS = [
+    tiny(noise="mask", noise_level=0.3),
+    tiny(noise="gaussian", noise_level=0.2, sparsity_target=0.1, sparsity_weight=0.1, contractive_weight=0.05,
+         optimizer="adam", lr=1e-3, weight_decay=1e-3, tied_weights=True, batch_size=50),
+]
+
+
+@pytest.mark.parametrize("config", RESUME_CONFIGS, ids=["sgd-mask", "adam-everything"])
+def test_stop_and_resume_is_bitwise_equal_to_a_straight_run(tmp_path, digits, config):
+    straight, straight_history = train(config, digits, progress=False)
+
+    path = tmp_path / "checkpoint.pt"
+    train(config.replace(epochs=1), digits, checkpoint_path=path, progress=False)
+    assert load_checkpoint(path).epoch == 1
+    # Something else uses the global RNG between the two processes' lives.
+    torch.rand(1000)
+    resumed, history = train(config, digits, checkpoint_path=path, resume=True, progress=False)
+
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert history["loss"] == straight_history["loss"]
+    assert history["epoch"] == [1, 2, 3]
+    assert load_checkpoint(path).epoch == 3
+
+
+def test_keyboard_interrupt_mid_epoch_keeps_the_last_checkpoint(tmp_path, digits):
+    config = RESUME_CONFIGS[0]
+    path = tmp_path / "checkpoint.pt"
+    seen = []
+
+    def interrupt(epoch, step, output):
+        seen.append((epoch, step))
+        assert isinstance(output, pyae.AutoencoderOutput)
+        if epoch == 2 and step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, digits, checkpoint_path=path, progress=False, callback=interrupt)
+    assert seen[0] == (1, 0) and seen[-1] == (2, 3)
+    ckpt = load_checkpoint(path)
+    assert ckpt.epoch == 1 and len(ckpt.history["loss"]) == 1
+    assert no_temp_files(tmp_path)
+
+    # The lost half epoch is redone exactly: the result equals an uninterrupted run.
+    resumed, _ = train(config, digits, checkpoint_path=path, resume=True, progress=False)
+    straight, _ = train(config, digits, progress=False)
+    for a, b in zip(resumed.parameters(), straight.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_resume_on_another_device_type_continues_deterministically(tmp_path, digits):
+    config = RESUME_CONFIGS[0]
+    path = tmp_path / "checkpoint.pt"
+    train(config.replace(epochs=1), digits, checkpoint_path=path, progress=False)
+    payload = torch.load(path, weights_only=True)
+    payload["rng_state"]["device_type"] = "cuda"  # as if written on a GPU
+    payload["rng_state"]["shuffle"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state size
+    torch.save(payload, path)
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(path.read_bytes())
+
+    with pytest.warns(RuntimeWarning, match="reproducible"):
+        a, _ = train(config, digits, checkpoint_path=path, resume=True, progress=False)
+    with pytest.warns(RuntimeWarning):
+        b, _ = train(config, digits, checkpoint_path=copy, resume=True, progress=False)
+    for x, y in zip(a.parameters(), b.parameters()):
+        assert torch.equal(x, y)
+
+
+def test_resume_refuses_a_different_run(tmp_path, digits):
+    path = tmp_path / "checkpoint.pt"
+    train(tiny(epochs=1), digits, checkpoint_path=path, progress=False)
+    with pytest.raises(ValueError, match="lr=0.5"):
+        train(tiny(lr=0.5), digits, checkpoint_path=path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="inputs"):
+        train(tiny(), digits[:, :100], checkpoint_path=path, resume=True, progress=False)
+    with pytest.raises(FileNotFoundError):
+        train(tiny(), digits, checkpoint_path=tmp_path / "none.pt", resume=True, progress=False)
+    with pytest.raises(ValueError, match="checkpoint_path"):
+        train(tiny(), digits, resume=True, progress=False)
+    # Nothing left to do: the stored model comes back unchanged.
+    model, history = train(tiny(epochs=1), digits, checkpoint_path=path, resume=True, progress=False)
+    assert history["epoch"] == [1]
+
+
+def test_train_checks_its_inputs(digits):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        train(tiny(epochs=1), digits * 2 - 0.5, progress=False)
+    with pytest.raises(ValueError, match="2-D"):
+        train(tiny(epochs=1), digits[0], progress=False)
+    with pytest.raises(TypeError, match="floating"):
+        train(tiny(epochs=1), (digits * 255).to(torch.uint8), progress=False)
+    with pytest.raises(TypeError, match="TrainConfig"):
+        train({"n_hidden": 3}, digits, progress=False)
+
+
+def test_divergence_is_reported(digits):
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        train(tiny(loss="mse", decoder="linear", lr=1e4, epochs=2), digits, progress=False)
+
+
+def test_progress_lines_without_tqdm(digits, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tqdm(name, *args, **kwargs):
+        if name.startswith("tqdm"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    train(tiny(epochs=2, contractive_weight=0.1), digits[:64], progress=True)
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "contractive" in err
+    train(tiny(epochs=1), digits[:64], progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_history_has_every_term(digits):
+    config = tiny(epochs=2, weight_decay=1e-3, sparsity_target=0.05, sparsity_weight=0.1, contractive_weight=0.1)
+    _, history = train(config, digits, progress=False)
+    assert set(history) == {"epoch", "loss", "reconstruction", "weight_decay", "sparsity", "contractive", "seconds"}
+    assert all(len(v) == 2 for v in history.values())
+    assert history["reconstruction"][1] < history["reconstruction"][0]
+
+
+# -------------------------------------------------------------------------------- PCA
+
+
+def test_linear_autoencoder_learns_the_principal_subspace():
+    """Baldi & Hornik / Bourlard & Kamp: a linear(ized) autoencoder trained with squared
+    error spans the top-k principal subspace. pyae's encoder is a sigmoid; on small
+    inputs it works in its linear regime (sigmoid(a) ~ 1/2 + a/4), where the result holds."""
+    n, k, count = 8, 3, 400
+    g = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    spectrum = torch.tensor([3.0, 2.5, 2.0, 0.3, 0.25, 0.2, 0.15, 0.1], dtype=torch.float64)  # gap after 3
+    x = (torch.randn(count, n, generator=g, dtype=torch.float64) * spectrum) @ basis.T
+    x = 0.1 * (x - x.mean(0))  # centered, and small: the sigmoid's near-linear regime
+
+    # Full batch, so the 300 steps are 300 epochs.
+    config = TrainConfig(n_hidden=k, decoder="linear", tied_weights=True, loss="mse", optimizer="adam", lr=0.05,
+                         epochs=300, batch_size=count, dtype="float64", device="cpu", seed=1)
+    model, _ = train(config, x, progress=False)
+
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    top = vh[:k].T  # (n, k): the top-k right singular vectors
+    weight = model.encoder.weight.detach().T  # (n, k): spans the learned subspace
+    q, _ = torch.linalg.qr(weight)
+    learned_projection, principal_projection = q @ q.T, top @ top.T
+    distance = torch.linalg.matrix_norm(learned_projection - principal_projection)
+    assert distance < 0.03, distance  # a random 3-d subspace of R^8 is at ~2
+    # The reconstruction error is close to PCA's (the energy outside the top-k subspace);
+    # not equal, since the sigmoid is only nearly linear at this scale.
+    pca_error = (x - x @ principal_projection).pow(2).sum(1).mean()
+    with torch.no_grad():
+        error = model(x).terms["reconstruction"]
+    assert pca_error <= error < 1.5 * pca_error
