@@ -16,9 +16,10 @@ import os
 import re
 import shlex
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
+
+from pyae._atomic import atomic_write
 
 __all__ = ["main", "build_parser"]
 
@@ -268,17 +269,6 @@ def _explicit_config_options(args) -> Dict[str, Any]:
     return {field: given[dest] for dest, field in _DEST_TO_FIELD.items() if dest in given}
 
 
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _load_images(root: Optional[str], limit: Optional[int], seed: int):
     import torch
 
@@ -299,7 +289,7 @@ def _load_images(root: Optional[str], limit: Optional[int], seed: int):
 
 
 def _cmd_train(args) -> int:
-    from pyae.training import TrainConfig, load_checkpoint, resolve_device, train
+    from pyae.training import TrainConfig, load_checkpoint, resolve_device
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -391,7 +381,9 @@ def _train_and_report(args, config, device, images, out: Path, checkpoint_path: 
         _report_interrupt(checkpoint_path, config.epochs)
         return EXIT_INTERRUPTED
 
-    _write_json_atomic(out / "history.json", {"config": config.to_dict(), "history": history})
+    with atomic_write(out / "history.json", "w") as f:
+        json.dump({"config": config.to_dict(), "history": history}, f, indent=2)
+        f.write("\n")
     written = [str(checkpoint_path), str(out / "history.json")]
     try:
         from pyae.viz import save_filter_grid

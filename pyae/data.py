@@ -20,13 +20,14 @@ import math
 import os
 import urllib.error
 import urllib.request
-import uuid
 import zlib
 from pathlib import Path
 from typing import Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
+
+from pyae._atomic import atomic_write
 
 __all__ = [
     "DEFAULT_MNIST_URL",
@@ -315,39 +316,31 @@ def _fetch(url: str, dest: Path, algo: str, digest: str, timeout: float) -> None
     The temp file is renamed onto ``dest`` only once its checksum matches, so ``dest``
     is either absent, its previous content, or the verified download; never partial.
     """
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+    h = hashlib.new(algo)
     try:
-        h = hashlib.new(algo)
-        try:
-            response = urllib.request.urlopen(url, timeout=timeout)
-        except urllib.error.HTTPError as err:
-            raise DownloadError(f"downloading {url} failed: HTTP {err.code} {err.reason}") from err
-        except (urllib.error.URLError, OSError) as err:
-            raise DownloadError(f"downloading {url} failed: {getattr(err, 'reason', err)}") from err
-        # "xb" rather than mkstemp: the result gets the usual umask permissions, not 0600.
-        with response, open(tmp, "xb") as out:
-            while True:
-                try:
-                    chunk = response.read(_CHUNK)
-                except (OSError, http.client.HTTPException) as err:
-                    # A timeout or dropped connection mid-body; disk errors stay outside.
-                    raise DownloadError(f"downloading {url} failed while reading: {err!r}") from err
-                if not chunk:
-                    break
-                h.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        raise DownloadError(f"downloading {url} failed: HTTP {err.code} {err.reason}") from err
+    except (urllib.error.URLError, OSError) as err:
+        raise DownloadError(f"downloading {url} failed: {getattr(err, 'reason', err)}") from err
+    # A failure inside the block (a dropped connection, a wrong checksum) leaves dest as it was.
+    with response, atomic_write(dest, "wb") as out:
+        while True:
+            try:
+                chunk = response.read(_CHUNK)
+            except (OSError, http.client.HTTPException) as err:
+                # A timeout or dropped connection mid-body; disk errors stay outside.
+                raise DownloadError(f"downloading {url} failed while reading: {err!r}") from err
+            if not chunk:
+                break
+            h.update(chunk)
+            out.write(chunk)
         actual = h.hexdigest()
         if actual != digest:
             raise ChecksumError(
                 f"{url}: {algo} checksum mismatch (expected {digest}, got {actual}); "
                 f"{str(dest)!r} was not written"
             )
-        os.replace(tmp, dest)
-    finally:
-        # After a successful replace the temp name no longer exists.
-        tmp.unlink(missing_ok=True)
 
 
 def download_mnist(

@@ -19,12 +19,13 @@ import math
 import os
 import sys
 import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
+
+from pyae._atomic import atomic_write
 from torch import Tensor
 
 import pyae
@@ -101,16 +102,9 @@ def _require_dependencies() -> None:
         raise ImportError(f"the experiment needs {' and '.join(missing)}: {_INSTALL_HINT}")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _write_text(path: Path, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def _subset(images: Tensor, labels: Tensor, count: Optional[int], generator: torch.Generator):
@@ -343,7 +337,7 @@ def _run(out_dir, *, quick, device, data_root, seed, progress) -> Dict[str, Any]
             sparse_activation = (config.sparsity_target, activation)
         del model
         # Partial results survive a crash or Ctrl-C in a later model.
-        _write_text_atomic(out / "results.json", json.dumps(record, indent=2) + "\n")
+        _write_text(out / "results.json", json.dumps(record, indent=2) + "\n")
 
     if sparse_activation is not None:
         target, activation = sparse_activation
@@ -355,8 +349,8 @@ def _run(out_dir, *, quick, device, data_root, seed, progress) -> Dict[str, Any]
 
     record["settings"]["total_seconds"] = time.perf_counter() - started
     record["settings"]["complete"] = True
-    _write_text_atomic(out / "results.json", json.dumps(record, indent=2) + "\n")
-    _write_text_atomic(out / "report.md", _report(record))
+    _write_text(out / "results.json", json.dumps(record, indent=2) + "\n")
+    _write_text(out / "report.md", _report(record))
     _log(progress, f"done in {record['settings']['total_seconds']:.0f}s; wrote {out / 'results.json'}")
     return record
 

@@ -24,7 +24,6 @@ import math
 import os
 import sys
 import time
-import uuid
 import warnings
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
+
+from pyae._atomic import atomic_write
 from torch import Tensor
 
 import pyae
@@ -306,20 +307,6 @@ class Checkpoint(NamedTuple):
     n_inputs: int
 
 
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not possible (nor needed) everywhere, e.g. Windows.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _cpu_state(state):
     """A copy of a (nested) state with every tensor on the CPU: loadable anywhere."""
     if isinstance(state, Tensor):
@@ -380,19 +367,8 @@ def save_checkpoint(
         "extra": dict(extra or {}),
     }
     dest = Path(os.fspath(path))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        # "xb": never clobber anything; and unlike mkstemp the file gets umask permissions.
-        with open(tmp, "xb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-        _fsync_directory(dest.parent)
-    finally:
-        # After a successful replace the temp name is gone; after a failure it must go.
-        tmp.unlink(missing_ok=True)
+    with atomic_write(dest, "wb") as f:
+        torch.save(payload, f)
     return str(dest)
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+
+from pyae._atomic import atomic_write
 
 __all__ = [
     "filter_grid",
@@ -103,15 +104,8 @@ def _require_matplotlib():
 def _atomic_savefig(fig, path: PathLike, **kwargs) -> str:
     """Save ``fig`` as PNG to ``path`` through a temp file + ``os.replace``."""
     dest = Path(os.fspath(path))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        # "xb" instead of mkstemp so the final file gets umask permissions, not 0600.
-        with open(tmp, "xb") as f:
-            fig.savefig(f, format="png", dpi=_DPI, **kwargs)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(dest, "wb") as f:
+        fig.savefig(f, format="png", dpi=_DPI, **kwargs)
     return str(dest)
 
 
