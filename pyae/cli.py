@@ -348,6 +348,9 @@ def _cmd_train(args) -> int:
         device = resolve_device(config.device)
     except ValueError as err:
         raise CLIError(f"argument --device: {err}") from err
+    distributed = _start_distributed(device)
+    if distributed is not None:
+        device, config = distributed, config.replace(device=str(distributed))
     images = _load_images(data_settings["data"], data_settings["limit"], config.seed)
     out.mkdir(parents=True, exist_ok=True)
     import torch
@@ -360,11 +363,33 @@ def _cmd_train(args) -> int:
     finally:
         # main() may run inside a larger program (or a test): leave its settings as they were.
         torch.set_num_threads(previous_threads)
+        if distributed is not None:
+            torch.distributed.destroy_process_group()
+
+
+def _start_distributed(device):
+    """Under torchrun (WORLD_SIZE > 1 in the environment), join the process group: NCCL with
+    one GPU per rank (cuda:LOCAL_RANK), gloo on the CPU. Returns this rank's device, or
+    None when not launched by torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
 
 
 def _train_and_report(args, config, device, images, out: Path, checkpoint_path: Path, data_settings) -> int:
+    import torch.distributed as dist
+
     from pyae.training import train
 
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        args.quiet = True  # rank 0 speaks and writes for the run
     if not args.quiet:
         print(f"training {config.n_hidden} hidden units on {images.shape[0]} examples on {device}; "
               f"checkpoints: {checkpoint_path}", file=sys.stderr)
@@ -380,6 +405,8 @@ def _train_and_report(args, config, device, images, out: Path, checkpoint_path: 
     except KeyboardInterrupt:
         _report_interrupt(checkpoint_path, config.epochs)
         return EXIT_INTERRUPTED
+    if args.quiet and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return EXIT_OK
 
     with atomic_write(out / "history.json", "w") as f:
         json.dump({"config": config.to_dict(), "history": history}, f, indent=2)

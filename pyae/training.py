@@ -581,6 +581,36 @@ class _Progress:
             self.bar.close()
 
 
+class _Ranks(NamedTuple):
+    rank: int
+    world: int
+
+
+def _ranks() -> Optional[_Ranks]:
+    """This process's place in an initialized torch.distributed group of several ranks."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return _Ranks(dist.get_rank(), dist.get_world_size())
+    return None
+
+
+def _rank_loss(output: AutoencoderOutput, model: Autoencoder, share: float) -> Tensor:
+    """The loss a rank backpropagates so that DDP's average of the ranks' gradients is the
+    gradient of one process on the whole global batch.
+
+    The per-example means (reconstruction, contractive) are weighted by the rank's share of
+    the global batch times the number of ranks (1 when the shares are equal); terms that are
+    the same on every rank (weight decay) come out of the average unchanged; the sparsity
+    term is already a function of the global mean activation, whose gradient the average
+    gets exactly right, so it is left unweighted.
+    """
+    if "sparsity" not in output.terms or model.sparsity_weight == 0.0:
+        return output.loss * share
+    sparsity = model.sparsity_weight * output.terms["sparsity"]
+    return (output.loss - sparsity) * share + sparsity
+
+
 def train(
     config: TrainConfig,
     images: Tensor,
@@ -615,6 +645,13 @@ def train(
             :class:`pyae.AutoencoderOutput`. An exception it raises stops training (the
             epoch in progress is lost, the last checkpoint stays as it was).
         extra: plain data stored in every checkpoint (e.g. where ``images`` came from).
+
+    Under ``torch.distributed`` (e.g. ``torchrun``, with the process group initialized), each
+    step's batch of ``config.batch_size`` examples is split across the ranks, the model runs
+    under DistributedDataParallel with the global-batch sparsity statistic
+    (``model.statistics_group``), and the gradients equal those of one process on the whole
+    batch. A final batch with fewer examples than ranks is skipped. Rank 0 alone writes the
+    checkpoints (which load in a single process) and shows progress.
 
     Returns:
         ``(model, history)``: the trained model (in eval mode) and a dict of per-epoch
@@ -659,10 +696,21 @@ def train(
     data = images.detach().to(device=device, dtype=config.torch_dtype)
     model = build_model(config, n_inputs, device=device)
     optimizer = build_optimizer(config, model.parameters())
+    ranks = _ranks()
+    trainer = model
+    if ranks is not None:
+        import torch.distributed as dist
+
+        model.statistics_group = dist.group.WORLD
+        trainer = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    # Every rank draws the same order (the same seed); the noise differs from rank to rank.
     shuffle_generator = torch.Generator(device=device)
     shuffle_generator.manual_seed(config.seed)
     noise_generator = torch.Generator(device=device)
-    noise_generator.manual_seed((config.seed + _NOISE_SEED_OFFSET) % 2**64)
+    noise_generator.manual_seed((config.seed + _NOISE_SEED_OFFSET + (ranks.rank if ranks else 0)) % 2**64)
+    writes = ranks is None or ranks.rank == 0
 
     history: Dict[str, List[float]] = {}
     start_epoch = 0
@@ -681,7 +729,7 @@ def train(
 
     steps_per_epoch = math.ceil(n_examples / config.batch_size)
     remaining = max(config.epochs - start_epoch, 0)
-    bar = _Progress(progress, config.epochs * steps_per_epoch, start_epoch * steps_per_epoch, config.epochs)
+    bar = _Progress(progress and writes, config.epochs * steps_per_epoch, start_epoch * steps_per_epoch, config.epochs)
     model.train()
     try:
         for epoch in range(start_epoch + 1, start_epoch + remaining + 1):
@@ -696,9 +744,16 @@ def train(
             sums: Optional[Tensor] = None
             for step, begin in enumerate(range(0, n_examples, config.batch_size)):
                 batch = shuffled[begin:begin + config.batch_size]
-                output = model(batch, generator=noise_generator)
+                share = 1.0
+                if ranks is not None:
+                    if batch.shape[0] < ranks.world:
+                        continue
+                    global_size = batch.shape[0]
+                    batch = batch.tensor_split(ranks.world)[ranks.rank]
+                    share = batch.shape[0] * ranks.world / global_size
+                output = trainer(batch, generator=noise_generator)
                 optimizer.zero_grad(set_to_none=True)
-                output.loss.backward()
+                (output.loss if ranks is None else _rank_loss(output, model, share)).backward()
                 optimizer.step()
                 with torch.no_grad():
                     values = torch.stack([output.loss.detach(), *(t.detach() for t in output.terms.values())])
@@ -710,6 +765,10 @@ def train(
                 bar.step()
                 if callback is not None:
                     callback(epoch, step, output)
+            if ranks is not None:
+                import torch.distributed as dist
+
+                dist.all_reduce(sums)  # every rank's examples, for the epoch's means
             metrics = dict(zip(names, (sums / n_examples).tolist()))
             seconds = time.perf_counter() - started  # .tolist() above synchronized the device
             if not all(math.isfinite(v) for v in metrics.values()):
@@ -720,7 +779,7 @@ def train(
             for name, value in metrics.items():
                 history.setdefault(name, []).append(value)
             history.setdefault("seconds", []).append(seconds)
-            if checkpoint_path is not None:
+            if checkpoint_path is not None and writes:
                 save_checkpoint(
                     checkpoint_path,
                     model=model,

@@ -95,3 +95,31 @@ def test_sparsity_statistic_is_global_with_unequal_shares(tmp_path):
         assert set(got) == set(expected)
         for name in expected:
             torch.testing.assert_close(got[name], expected[name], rtol=1e-12, atol=1e-14)
+
+
+def test_pyae_train_under_torchrun_matches_one_process(tmp_path):
+    """`torchrun --nproc_per_node 2 -m pyae train` gives the parameters of a single-process
+    run, and its checkpoint loads in a single process. Batches of 11 split 5 + 6: unequal
+    shares, which the ranks' loss weighting must make exact."""
+    import subprocess
+    import sys
+
+    from pyae.training import model_from_checkpoint
+
+    options = ["--device", "cpu", "--dtype", "float64", "--hidden", "16", "--limit", "60", "--batch-size", "11",
+               "--epochs", "2", "--lr", "0.05", "--loss", "cross_entropy", "--sparsity-target", "0.1",
+               "--sparsity-weight", "0.5", "--contractive-weight", "0.2", "--weight-decay", "0.001",
+               "--threads", "1", "--quiet"]
+    single = subprocess.run([sys.executable, "-m", "pyae", "train", "--out", str(tmp_path / "single"), *options],
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(free_port())]
+    ranked = subprocess.run([*launcher, "-m", "pyae", "train", "--out", str(tmp_path / "ranked"), *options],
+                            capture_output=True, text=True, timeout=300)
+    assert ranked.returncode == 0, ranked.stderr
+
+    expected = model_from_checkpoint(tmp_path / "single" / "checkpoint.pt")
+    got = model_from_checkpoint(tmp_path / "ranked" / "checkpoint.pt")
+    for (name, a), (_, b) in zip(got.named_parameters(), expected.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
