@@ -85,17 +85,9 @@ struct CpuBackend {
     at::Tensor mean_activation = at::empty({k}, hidden.options());
     at::Tensor contractive = at::empty({}, hidden.options());
 
-    // Two passes: ATen's sigmoid in place, then the column sums. ATen's sigmoid is vectorized
-    // for the CPU at hand (AVX2, AVX-512), which an extension built with default flags cannot
-    // match for exp, and the sums vectorize from plain C++: together they beat one scalar pass.
-    // ATen's vector loop and its scalar tail can differ in the last bit, so the sigmoid runs
-    // on slabs of whole rows fixed by the shape, each below ATen's parallel grain (so each is
-    // one serial call): where the tails fall then depends on the shape alone, never on the
-    // number of threads.
-    const int64_t rows_per_slab = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(k, 1));
-    for (int64_t r0 = 0; r0 < B; r0 += rows_per_slab) {
-      hidden.narrow(0, r0, std::min(rows_per_slab, B - r0)).sigmoid_();
-    }
+    // Two passes, ATen's vectorized sigmoid in place (see tiles.h), then the column sums,
+    // which vectorize from plain C++: together they beat one pass with a scalar exp.
+    cpu::sigmoid_in_fixed_slabs(hidden, hidden);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "pyae_sigmoid_encoder_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* h = hidden.const_data_ptr<scalar_t>();

@@ -6,6 +6,7 @@
 // threads, and the tiles are independent work items for at::parallel_for.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/ScalarType.h>
 
@@ -54,6 +55,23 @@ void sum_row_tiles(const acc_t* partials, int64_t row_tiles, int64_t count, int6
       totals[j] = total;
     }
   });
+}
+
+// output = sigmoid(input) for (B, m) contiguous tensors (output may be input: in place).
+//
+// ATen's sigmoid is vectorized for the CPU at hand (AVX2, AVX-512), which an extension built
+// with default flags cannot match for exp. Its vector loop and its scalar tail can differ in
+// the last bit, so it runs on slabs of whole rows fixed by the shape, each below ATen's
+// parallel grain (so each is one serial call): where the tails fall then depends on the
+// shape alone, never on the number of threads, and results stay bitwise reproducible.
+inline void sigmoid_in_fixed_slabs(const at::Tensor& input, const at::Tensor& output) {
+  const int64_t rows = input.size(0), columns = input.size(1);
+  const int64_t rows_per_slab = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(columns, 1));
+  for (int64_t r0 = 0; r0 < rows; r0 += rows_per_slab) {
+    const int64_t count = std::min(rows_per_slab, rows - r0);
+    at::Tensor out = output.narrow(0, r0, count);
+    at::sigmoid_out(out, input.narrow(0, r0, count));
+  }
 }
 
 // float for float/half/bfloat16, double for double: the type partial sums are kept in.
