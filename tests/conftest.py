@@ -25,3 +25,13 @@ def pytest_report_header(config):
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread: tiny models pay OpenMP's overhead (and stall on a
+    busy machine) with more."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
