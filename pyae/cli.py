@@ -363,6 +363,8 @@ def _cmd_train(args) -> int:
         # main() may run inside a larger program (or a test): leave its settings as they were.
         torch.set_num_threads(previous_threads)
         if distributed is not None:
+            # Every rank done (rank 0 has written its files) before the group goes away.
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 

@@ -42,6 +42,10 @@ def rank_main(rank, port, out_dir, split):
         out = ddp(local)
         out.loss.backward()
         torch.save({name: p.grad for name, p in model.named_parameters()}, os.path.join(out_dir, f"rank{rank}.pt"))
+        # Both ranks done, and DDP's reducer gone, before the group goes: tearing gloo down
+        # under a live reducer can abort the process.
+        dist.barrier()
+        del ddp, out
     finally:
         dist.destroy_process_group()
 
@@ -79,6 +83,7 @@ def sparsity_rank_main(rank, port, out_dir, split):
         torch.save({"value": out.terms["sparsity"].detach(),
                     **{name: p.grad for name, p in model.named_parameters() if p.grad is not None}},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
