@@ -358,13 +358,16 @@ def _cmd_train(args) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        return _train_and_report(args, config, device, images, out, checkpoint_path, data_settings)
+        status = _train_and_report(args, config, device, images, out, checkpoint_path, data_settings)
+        if distributed is not None:
+            # Every rank done (rank 0 has written its files) before the group goes away. Only
+            # on success: a rank that failed must not wait for the others, which torchrun stops.
+            torch.distributed.barrier()
+        return status
     finally:
         # main() may run inside a larger program (or a test): leave its settings as they were.
         torch.set_num_threads(previous_threads)
         if distributed is not None:
-            # Every rank done (rank 0 has written its files) before the group goes away.
-            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 
