@@ -1,6 +1,7 @@
-// The elementwise math of pyae's kernels, shared by the CPU and CUDA backends so that both
-// compute exactly the same formulas (DESIGN.md). acc_t is the accumulation type: float for
-// float/half/bfloat16 inputs, double for double.
+// The elementwise math of pyae's kernels (DESIGN.md), in one place for every backend. acc_t is
+// the accumulation type: float for float/half/bfloat16 inputs, double for double. The CUDA
+// kernels use all of it; the CPU kernels take their exp and log from vectorized paths instead
+// (ATen's sigmoid, see cpu/tiles.h, and cpu/decoder_kernels.cpp's log) and use the rest.
 #pragma once
 
 #include <c10/macros/Macros.h>
