@@ -517,20 +517,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"pyae: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, TypeError, OSError) as err:
-        # Missing/corrupt checkpoint, bad data directory, a value the library refuses.
+    except (ValueError, TypeError, OSError, ImportError, FloatingPointError, RuntimeError) as err:
         if debug:
             raise
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"pyae: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ImportError, FloatingPointError, RuntimeError) as err:
-        # Not the user's input: a missing optional dependency, a diverged run, a kernel failure.
-        if debug:
-            raise
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"pyae: error: {message}", file=sys.stderr)
-        return EXIT_FAILURE
+        # A missing/corrupt checkpoint, a bad data directory or a value the library refuses is
+        # the user's input (2); a missing optional dependency, a diverged run or a kernel
+        # failure is not (1).
+        return EXIT_USAGE if isinstance(err, (ValueError, TypeError, OSError)) else EXIT_FAILURE
 
 
 if __name__ == "__main__":  # pragma: no cover
