@@ -102,7 +102,7 @@ def _choose_backend():
 def _extension():
     use_cuda, reason = _choose_backend()
     debug = _flag("DEBUG")
-    sources = [os.path.join("csrc", "pyae.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources = [os.path.join("csrc", "pyae.cpp"), os.path.join("csrc", "autograd.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx_flags = opt + ["-fdiagnostics-color=always"]
     if not debug:

@@ -72,9 +72,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_encoder_backward(
     grad_weight = not_wanted();
   } else {
     // The contractive penalty depends on weight directly through c_l = ||W_l||^2, which adds
-    // diag(row_scale) @ weight to the product term.
-    grad_weight = row_scale.defined() ? at::addmm(weight_c * row_scale.unsqueeze(1), delta.t(), x)
-                                      : at::mm(delta.t(), x);
+    // diag(row_scale) @ weight to the product term. It is added in place: a weight-sized
+    // temporary (and addmm's copy of it) cost more than the rest of the fused pass at small
+    // batches.
+    grad_weight = at::mm(delta.t(), x);
+    if (row_scale.defined()) grad_weight.addcmul_(weight_c, row_scale.unsqueeze(1));
   }
   return {grad_x, grad_weight, want_grad_bias ? grad_bias : not_wanted()};
 }

@@ -1,13 +1,17 @@
-"""The compiled operators of pyae, with their fake kernels and autograd.
+"""The compiled operators of pyae and their fake kernels.
 
-Loading :mod:`pyae._C` registers the ``torch.ops.pyae`` operators (schemas in
-``csrc/pyae.cpp``, kernels in ``csrc/cpu`` and ``csrc/cuda``). This module adds what the
-compiler and autograd need from Python:
+Loading :mod:`pyae._C` registers the ``torch.ops.pyae`` operators: the schemas in
+``csrc/pyae.cpp``, the kernels in ``csrc/cpu`` and ``csrc/cuda``, and their autograd in
+``csrc/autograd.cpp``, where each backward is itself an operator
+(``sigmoid_encoder_backward``, ``sigmoid_reconstruction_loss_backward``) that
+``torch.compile`` traces like an aten op. Autograd is in C++ rather than in
+``torch.library.register_autograd`` because a Python autograd function costs tens of
+microseconds per call and per backward node, which at MNIST sizes on a GPU is most of a
+training step.
 
-* ``register_fake`` for every operator, so that ``torch.compile``, ``torch.export`` and
-  meta tensors see the output shapes without running a kernel;
-* ``register_autograd`` for ``sigmoid_encoder``, whose backward is itself an operator
-  (``sigmoid_encoder_backward``), so the backward pass is one opaque, compilable call.
+This module adds what the compiler needs from Python: ``register_fake`` for every operator,
+so that ``torch.compile``, ``torch.export`` and meta tensors see the output shapes without
+running a kernel, with the same argument checks as the kernels.
 
 Most users want :mod:`pyae.functional` or the modules; the functions here are the thin,
 typed entry points onto the operators.
@@ -207,73 +211,3 @@ def _sigmoid_reconstruction_loss_fake(logits: Tensor, target: Tensor, cross_entr
 def _sigmoid_reconstruction_loss_backward_fake(grad_reconstruction, grad_loss, reconstruction, target, cross_entropy):
     _check_reconstruction_arguments(reconstruction, target)
     return torch.empty_like(reconstruction, memory_format=torch.contiguous_format)
-
-
-# --------------------------------------------------------------------------------------
-# Autograd. Only x, weight and h are saved: d, c and everything else is recomputed in the
-# backward kernel, which keeps a training step's memory at that of a plain encoder.
-
-
-def _sigmoid_encoder_setup_context(ctx, inputs, output):
-    x, weight, bias = inputs
-    hidden, _, _ = output
-    # Outputs that did not reach the loss arrive as None rather than as zero tensors: the
-    # backward kernel skips their terms instead of reading zeros.
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, weight, hidden)
-    ctx.has_bias = bias is not None
-
-
-def _sigmoid_encoder_autograd_backward(ctx, grad_hidden, grad_mean_activation, grad_contractive):
-    x, weight, hidden = ctx.saved_tensors
-    want_x, want_weight, want_bias = ctx.needs_input_grad
-    output_mask = [want_x, want_weight, want_bias and ctx.has_bias]
-    grad_x, grad_weight, grad_bias = torch.ops.pyae.sigmoid_encoder_backward.default(
-        grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden, output_mask
-    )
-    return (
-        grad_x if output_mask[0] else None,
-        grad_weight if output_mask[1] else None,
-        grad_bias if output_mask[2] else None,
-    )
-
-
-torch.library.register_autograd(
-    "pyae::sigmoid_encoder",
-    _sigmoid_encoder_autograd_backward,
-    setup_context=_sigmoid_encoder_setup_context,
-)
-
-
-# The reconstruction loss saves the reconstruction and the target, exactly what the plain
-# sigmoid + loss pair saves, and nothing of (B, n) besides.
-
-
-def _sigmoid_reconstruction_loss_setup_context(ctx, inputs, output):
-    _, target, cross_entropy = inputs
-    reconstruction, _ = output
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(reconstruction, target)
-    ctx.cross_entropy = cross_entropy
-
-
-def _sigmoid_reconstruction_loss_autograd_backward(ctx, grad_reconstruction, grad_loss):
-    if ctx.needs_input_grad[1]:
-        raise RuntimeError(
-            "pyae.ops.sigmoid_reconstruction_loss treats its target as data and has no gradient for it; "
-            "use pyae.functional.sigmoid_reconstruction, which falls back to torch ops for such targets"
-        )
-    reconstruction, target = ctx.saved_tensors
-    grad_logits = None
-    if ctx.needs_input_grad[0]:
-        grad_logits = torch.ops.pyae.sigmoid_reconstruction_loss_backward.default(
-            grad_reconstruction, grad_loss, reconstruction, target, ctx.cross_entropy
-        )
-    return grad_logits, None, None
-
-
-torch.library.register_autograd(
-    "pyae::sigmoid_reconstruction_loss",
-    _sigmoid_reconstruction_loss_autograd_backward,
-    setup_context=_sigmoid_reconstruction_loss_setup_context,
-)

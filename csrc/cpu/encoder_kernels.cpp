@@ -57,17 +57,29 @@ void delta_rows(const scalar_t* __restrict h, const scalar_t* __restrict g_h, co
   }
 }
 
-// c_l = ||weight_l||^2, accumulated in acc_t.
+// c_l = ||weight_l||^2, accumulated in acc_t. A single running sum is a serial dependency
+// chain the compiler may not reorder; kLanes independent partial sums (added up in a fixed
+// order at the end) vectorize and keep the result the same whatever the thread count.
 template <typename scalar_t, typename acc_t>
 void squared_row_norms(const scalar_t* weight, int64_t k, int64_t n, acc_t* out) {
+  constexpr int64_t kLanes = 16;
   at::parallel_for(0, k, std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)), [&](int64_t first, int64_t last) {
     for (int64_t l = first; l < last; ++l) {
-      const scalar_t* row = weight + l * n;
-      acc_t total = 0;
-      for (int64_t j = 0; j < n; ++j) {
-        const acc_t w = static_cast<acc_t>(row[j]);
-        total += w * w;
+      const scalar_t* __restrict row = weight + l * n;
+      acc_t lanes[kLanes] = {};
+      const int64_t full = n - n % kLanes;
+      for (int64_t j = 0; j < full; j += kLanes) {
+        for (int64_t lane = 0; lane < kLanes; ++lane) {
+          const acc_t w = static_cast<acc_t>(row[j + lane]);
+          lanes[lane] += w * w;
+        }
       }
+      for (int64_t j = full; j < n; ++j) {
+        const acc_t w = static_cast<acc_t>(row[j]);
+        lanes[j - full] += w * w;
+      }
+      acc_t total = 0;
+      for (int64_t lane = 0; lane < kLanes; ++lane) total += lanes[lane];
       out[l] = total;
     }
   });
