@@ -1,5 +1,6 @@
 // Autograd for pyae's forward operators, for every device: each backward is itself an
-// operator (sigmoid_encoder_backward, sigmoid_reconstruction_loss_backward), called through
+// operator (sigmoid_encoder_backward, sigmoid_reconstruction_loss_backward,
+// kl_sparsity_backward), called through
 // the dispatcher, so torch.compile traces it into the backward graph like any aten op.
 //
 // Why C++ rather than torch.library.register_autograd: at MNIST sizes on a GPU a training
@@ -8,7 +9,8 @@
 // regularized step with Python autograd).
 //
 // Only the inputs and the outputs the kernels read are saved: x, weight and hidden for the
-// encoder; the reconstruction and the target for the decoder's loss. Outputs that did not
+// encoder; the reconstruction and the target for the decoder's loss; the mean activations
+// for the sparsity penalty. Outputs that did not
 // reach the loss get undefined gradients (set_materialize_grads(false)), and the backward
 // kernels skip their terms instead of reading zeros.
 
@@ -98,6 +100,27 @@ class SigmoidReconstructionLossFunction : public torch::autograd::Function<Sigmo
   }
 };
 
+class KlSparsityFunction : public torch::autograd::Function<KlSparsityFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mean_activation, double target) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("pyae::kl_sparsity", "")
+                               .typed<at::Tensor(const at::Tensor&, double)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({mean_activation});
+    ctx->saved_data["target"] = target;
+    return op.call(mean_activation, target);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("pyae::kl_sparsity_backward", "")
+                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
+    const auto saved = ctx->get_saved_variables();
+    return {op.call(grads[0], saved[0], ctx->saved_data["target"].toDouble()), at::Tensor()};
+  }
+};
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_encoder_autograd(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   auto outputs = SigmoidEncoderFunction::apply(x, weight, bias);
@@ -110,11 +133,16 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_autograd(
   return {outputs[0], outputs[1]};
 }
 
+at::Tensor kl_sparsity_autograd(const at::Tensor& mean_activation, double target) {
+  return KlSparsityFunction::apply(mean_activation, target);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyae, Autograd, m) {
   m.impl("sigmoid_encoder", &sigmoid_encoder_autograd);
   m.impl("sigmoid_reconstruction_loss", &sigmoid_reconstruction_loss_autograd);
+  m.impl("kl_sparsity", &kl_sparsity_autograd);
 }
 
 }  // namespace pyae

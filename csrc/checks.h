@@ -101,4 +101,15 @@ inline void check_reconstruction_loss_backward_inputs(
   }
 }
 
+inline void check_kl_sparsity_inputs(const at::Tensor& mean_activation, double target) {
+  check_floating(mean_activation, "mean_activation");
+  TORCH_CHECK_VALUE(target > 0.0 && target < 1.0, "pyae: target must lie in (0, 1), got ", target);
+}
+
+inline void check_kl_sparsity_backward_inputs(const at::Tensor& grad, const at::Tensor& mean_activation, double target) {
+  check_kl_sparsity_inputs(mean_activation, target);
+  check_same_dtype_device(grad, "grad", mean_activation, "mean_activation");
+  TORCH_CHECK_VALUE(grad.numel() == 1, "pyae: grad must be a scalar, got shape ", grad.sizes());
+}
+
 }  // namespace pyae

@@ -5,7 +5,11 @@
 #pragma once
 
 #include <c10/macros/Macros.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <cmath>
+#include <limits>
 
 namespace pyae {
 
@@ -65,6 +69,34 @@ C10_HOST_DEVICE inline acc_t sigmoid_loss_logit_grad(
   const acc_t error = xhat - x;
   const acc_t dloss = cross_entropy ? error : acc_t(2) * error * s;
   return grad_reconstruction * s + loss_scale * dloss;
+}
+
+// The Bernoulli KL sparsity penalty of one hidden unit, KL(rho || rho_hat), and its
+// derivative. rho_hat is clamped into [eps, 1 - eps], eps the machine epsilon of the
+// input's dtype (both bounds are exact in every floating dtype), so saturated units give a
+// large but finite penalty; the derivative is the slope on the closed interval and 0
+// outside it (a unit stuck at exactly 0 or 1 gets no push from this term), and NaN stays NaN.
+template <typename acc_t>
+struct KlSparsity {
+  acc_t target, log_target, log1m_target, low, high;
+
+  C10_HOST_DEVICE acc_t term(acc_t rho_hat) const {
+    const acc_t r = rho_hat < low ? low : (rho_hat > high ? high : rho_hat);
+    return target * (log_target - std::log(r)) + (acc_t(1) - target) * (log1m_target - std::log1p(-r));
+  }
+
+  C10_HOST_DEVICE acc_t slope(acc_t rho_hat) const {
+    const bool inside = rho_hat >= low && rho_hat <= high;
+    return inside ? -target / rho_hat + (acc_t(1) - target) / (acc_t(1) - rho_hat) : acc_t(0);
+  }
+};
+
+// The constants for a target rho in (0, 1) and inputs of dtype scalar_t (host side).
+template <typename scalar_t, typename acc_t>
+inline KlSparsity<acc_t> make_kl_sparsity(double target) {
+  const double eps = static_cast<double>(std::numeric_limits<scalar_t>::epsilon());
+  return {static_cast<acc_t>(target), static_cast<acc_t>(std::log(target)), static_cast<acc_t>(std::log1p(-target)),
+          static_cast<acc_t>(eps), static_cast<acc_t>(1.0 - eps)};
 }
 
 }  // namespace pyae

@@ -4,6 +4,7 @@
 //   a = x @ weight.T + bias,  h = sigmoid(a),  d = h * (1 - h),  c_l = ||weight_l||^2
 //   mean_activation_l = (1/B) sum_i h_il
 //   contractive       = (1/B) sum_i sum_l d_il^2 c_l      (mean squared Frobenius norm of dh/dx)
+//   kl_sparsity       = sum_l KL(rho || mean_activation_l)  (Bernoulli KL against the target rho)
 
 #include <Python.h>
 #include <torch/library.h>
@@ -49,4 +50,13 @@ TORCH_LIBRARY(pyae, m) {
   m.def(
       "sigmoid_reconstruction_loss_backward(Tensor? grad_reconstruction, Tensor? grad_loss, "
       "Tensor reconstruction, Tensor target, bool cross_entropy) -> Tensor grad_logits");
+
+  // The sparsity penalty of the mean activations: sum_l KL(target || mean_activation_l) for
+  // Bernoulli variables, target in (0, 1). mean_activation (any shape; usually (k,)) is
+  // clamped into [eps, 1 - eps], eps the machine epsilon of its dtype, so saturated units
+  // give a large but finite penalty; the gradient is the penalty's slope on the closed
+  // interval and 0 outside it. One launch each way instead of a dozen small ops.
+  m.def("kl_sparsity(Tensor mean_activation, float target) -> Tensor");
+  // Its backward: grad * (-target / rho + (1 - target) / (1 - rho)) inside the interval.
+  m.def("kl_sparsity_backward(Tensor grad, Tensor mean_activation, float target) -> Tensor grad_mean_activation");
 }

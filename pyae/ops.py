@@ -3,7 +3,8 @@
 Loading :mod:`pyae._C` registers the ``torch.ops.pyae`` operators: the schemas in
 ``csrc/pyae.cpp``, the kernels in ``csrc/cpu`` and ``csrc/cuda``, and their autograd in
 ``csrc/autograd.cpp``, where each backward is itself an operator
-(``sigmoid_encoder_backward``, ``sigmoid_reconstruction_loss_backward``) that
+(``sigmoid_encoder_backward``, ``sigmoid_reconstruction_loss_backward``,
+``kl_sparsity_backward``) that
 ``torch.compile`` traces like an aten op. Autograd is in C++ rather than in
 ``torch.library.register_autograd`` because a Python autograd function costs tens of
 microseconds per call and per backward node, which at MNIST sizes on a GPU is most of a
@@ -42,6 +43,8 @@ __all__ = [
     "sigmoid_encoder_backward",
     "sigmoid_reconstruction_loss",
     "sigmoid_reconstruction_loss_backward",
+    "kl_sparsity",
+    "kl_sparsity_backward",
     "has_cuda_kernels",
 ]
 
@@ -148,6 +151,25 @@ def sigmoid_reconstruction_loss_backward(
     )
 
 
+def kl_sparsity(mean_activation: Tensor, target: float) -> Tensor:
+    """The sparsity penalty ``sum_l KL(target || mean_activation_l)`` for Bernoulli variables.
+
+    ``mean_activation`` is clamped into ``[eps, 1 - eps]`` (``eps`` the machine epsilon of
+    its dtype) and the gradient is that of the clamped value; see
+    :func:`pyae.functional.kl_sparsity`, the checked public entry point.
+
+    Args:
+        mean_activation: ``rho_hat``, usually ``(k,)``; any shape is summed over.
+        target: ``rho`` in ``(0, 1)``.
+    """
+    return torch.ops.pyae.kl_sparsity.default(mean_activation, target)
+
+
+def kl_sparsity_backward(grad: Tensor, mean_activation: Tensor, target: float) -> Tensor:
+    """The gradient of :func:`kl_sparsity` with respect to ``mean_activation``."""
+    return torch.ops.pyae.kl_sparsity_backward.default(grad, mean_activation, target)
+
+
 # --------------------------------------------------------------------------------------
 # Fake (meta) kernels: shapes, dtypes and the same argument checks as the C++ kernels, so a
 # traced program fails where an eager one would.
@@ -211,3 +233,23 @@ def _sigmoid_reconstruction_loss_fake(logits: Tensor, target: Tensor, cross_entr
 def _sigmoid_reconstruction_loss_backward_fake(grad_reconstruction, grad_loss, reconstruction, target, cross_entropy):
     _check_reconstruction_arguments(reconstruction, target)
     return torch.empty_like(reconstruction, memory_format=torch.contiguous_format)
+
+
+def _check_kl_arguments(mean_activation: Tensor, target: float) -> None:
+    torch._check_type(
+        mean_activation.dtype.is_floating_point,
+        lambda: f"pyae: mean_activation must be a floating-point tensor, got {mean_activation.dtype}",
+    )
+    torch._check_value(0.0 < target < 1.0, lambda: f"pyae: target must lie in (0, 1), got {target}")
+
+
+@torch.library.register_fake("pyae::kl_sparsity")
+def _kl_sparsity_fake(mean_activation: Tensor, target: float):
+    _check_kl_arguments(mean_activation, target)
+    return mean_activation.new_empty(())
+
+
+@torch.library.register_fake("pyae::kl_sparsity_backward")
+def _kl_sparsity_backward_fake(grad: Tensor, mean_activation: Tensor, target: float):
+    _check_kl_arguments(mean_activation, target)
+    return torch.empty_like(mean_activation, memory_format=torch.contiguous_format)

@@ -39,3 +39,13 @@ def sigmoid_reconstruction_loss(logits, target, cross_entropy):
     else:
         per_element = (reconstruction - x) ** 2
     return reconstruction, per_element.sum() / z.shape[0]
+
+
+def kl_sparsity(mean_activation, target, eps_dtype=None):
+    """sum_l KL(target || rho_hat_l) in float64, rho_hat clamped into [eps, 1 - eps] with eps
+    the machine epsilon of eps_dtype (default: mean_activation's own dtype), as
+    functional.kl_sparsity documents."""
+    eps = torch.finfo(eps_dtype or mean_activation.dtype).eps
+    rho_hat = mean_activation.double().clamp(eps, 1.0 - eps)
+    return (target * (torch.log(torch.tensor(target, dtype=torch.float64)) - torch.log(rho_hat))
+            + (1 - target) * (torch.log1p(torch.tensor(-target, dtype=torch.float64)) - torch.log1p(-rho_hat))).sum()
