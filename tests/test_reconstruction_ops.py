@@ -110,6 +110,24 @@ def test_bad_input_raises(case):
             ops.sigmoid_reconstruction_loss(*fake, True)
 
 
+@pytest.mark.parametrize("bad_value", [-0.5, 1.25])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_cpu_cross_entropy_refuses_targets_outside_unit_interval(dtype, bad_value):
+    # Every position of a 130 x 600 batch (several tiles), so each tile's check is exercised.
+    logits, target = make_pair(130, 600, dtype=dtype, seed=6)
+    for row, column in [(0, 0), (129, 599), (64, 512), (70, 3)]:
+        corrupted = target.clone()
+        corrupted[row, column] = bad_value
+        with pytest.raises(ValueError, match=r"cross_entropy needs targets in \[0, 1\]"):
+            ops.sigmoid_reconstruction_loss(logits, corrupted, True)
+        with pytest.raises(ValueError, match=r"cross_entropy needs targets in \[0, 1\]"):
+            PF.sigmoid_reconstruction(logits, corrupted, "cross_entropy")
+        ops.sigmoid_reconstruction_loss(logits, corrupted, False)  # squared error takes any target
+    edges = target.clone()
+    edges[0, :2] = torch.tensor([0.0, 1.0], dtype=dtype)
+    ops.sigmoid_reconstruction_loss(logits, edges, True)  # both ends of [0, 1] are valid
+
+
 def test_cpu_loss_does_not_depend_on_thread_count():
     logits, target = make_pair(300, 700, dtype=torch.float32, seed=4)
     threads = torch.get_num_threads()

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "checks.h"
@@ -46,18 +47,23 @@ inline double log_upper_half(double s) {
 //   cross-entropy: max(z, 0) - x z + log1p(exp(-|z|)), where log1p(exp(-|z|)) =
 //                  -log(sigmoid(|z|)) = -log(max(xhat, 1 - xhat))
 //   squared error: (xhat - x)^2
+// Returns whether a cross-entropy target lies outside [0, 1] (the pass reads every target
+// anyway, so the check costs nothing here; the caller raises).
 template <typename scalar_t, typename acc_t>
-void add_loss_sums(const scalar_t* __restrict z, const scalar_t* __restrict x, const scalar_t* __restrict xhat,
+bool add_loss_sums(const scalar_t* __restrict z, const scalar_t* __restrict x, const scalar_t* __restrict xhat,
                    acc_t* __restrict loss_sum, int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t n,
                    bool cross_entropy) {
+  int out_of_range = 0;
   for (int64_t i = r0; i < r1; ++i) {
     const int64_t offset = i * n;
     if (cross_entropy) {
       for (int64_t j = c0; j < c1; ++j) {
         const acc_t logit = static_cast<acc_t>(z[offset + j]);
+        const acc_t target = static_cast<acc_t>(x[offset + j]);
         const acc_t probability = static_cast<acc_t>(xhat[offset + j]);
         const acc_t upper = std::max(probability, acc_t(1) - probability);
-        loss_sum[j] += std::max(logit, acc_t(0)) - static_cast<acc_t>(x[offset + j]) * logit - log_upper_half(upper);
+        loss_sum[j] += std::max(logit, acc_t(0)) - target * logit - log_upper_half(upper);
+        out_of_range |= static_cast<int>(target < acc_t(0)) | static_cast<int>(target > acc_t(1));
       }
     } else {
       for (int64_t j = c0; j < c1; ++j) {
@@ -66,6 +72,7 @@ void add_loss_sums(const scalar_t* __restrict z, const scalar_t* __restrict x, c
       }
     }
   }
+  return out_of_range != 0;
 }
 
 std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_cpu(
@@ -89,9 +96,17 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_cpu(
     const scalar_t* x = target.const_data_ptr<scalar_t>();
     const scalar_t* xhat = reconstruction.const_data_ptr<scalar_t>();
     acc_t* partial = partials.mutable_data_ptr<acc_t>();
+    std::atomic<bool> target_out_of_range{false};
     grid.for_each_tile([&](int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t row_tile) {
-      add_loss_sums(z, x, xhat, partial + row_tile * n, r0, r1, c0, c1, n, cross_entropy);
+      if (add_loss_sums(z, x, xhat, partial + row_tile * n, r0, r1, c0, c1, n, cross_entropy)) {
+        target_out_of_range.store(true, std::memory_order_relaxed);
+      }
     });
+    if (target_out_of_range.load()) {
+      const auto [low, high] = at::aminmax(target);
+      TORCH_CHECK_VALUE(false, "pyae: cross_entropy needs targets in [0, 1], got values in [", low.item<double>(),
+                        ", ", high.item<double>(), "]");
+    }
     acc_t* total = totals.mutable_data_ptr<acc_t>();
     sum_row_tiles(partial, grid.row_tiles, 1, n, total);
     acc_t sum = 0;
