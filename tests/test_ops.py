@@ -270,6 +270,24 @@ def test_cpu_results_do_not_depend_on_thread_count():
             assert torch.equal(got, wanted)
 
 
+def test_cpu_kernels_run_under_inference_mode_on_several_threads():
+    # The CPU kernels call ATen from their worker threads (the sigmoid of each tile), with
+    # the caller's thread-local state: inference mode gives the same bits as grad mode.
+    x, weight, b = make_inputs(300, 50, 700, dtype=torch.float32, seed=11)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(threads, 2))
+        expected = ops.sigmoid_encoder(x, weight, b)
+        expected_loss = ops.sigmoid_reconstruction_loss(x - 0.5, x, True)
+        with torch.inference_mode():
+            got = ops.sigmoid_encoder(x, weight, b)
+            got_loss = ops.sigmoid_reconstruction_loss(x - 0.5, x, True)
+    finally:
+        torch.set_num_threads(threads)
+    for actual, wanted in zip((*got, *got_loss), (*expected, *expected_loss)):
+        assert torch.equal(actual, wanted)
+
+
 # --------------------------------------------------------------------------------------
 # Property-based: random shapes, strides and values against the reference.
 

@@ -50,7 +50,7 @@ inline double log_upper_half(double s) {
 // Returns whether a cross-entropy target lies outside [0, 1] (the pass reads every target
 // anyway, so the check costs nothing here; the caller raises).
 template <typename scalar_t, typename acc_t>
-bool add_loss_sums(const scalar_t* __restrict z, const scalar_t* __restrict x, const scalar_t* __restrict xhat,
+PYAE_CPU_MULTIVERSION bool add_loss_sums(const scalar_t* __restrict z, const scalar_t* __restrict x, const scalar_t* __restrict xhat,
                    acc_t* __restrict loss_sum, int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t n,
                    bool cross_entropy) {
   int out_of_range = 0;
@@ -88,8 +88,8 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_cpu(
   at::Tensor reconstruction = at::empty_like(logits);
   at::Tensor loss = at::empty({}, logits.options());
 
-  // The sigmoid by ATen's vectorized kernel (tiles.h), then one vectorizable pass for the loss.
-  cpu::sigmoid_in_fixed_slabs(logits, reconstruction);
+  // Per tile: the sigmoid by ATen's vectorized kernel (tiles.h), then one vectorizable pass
+  // for the loss while the tile is in cache.
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "pyae_sigmoid_reconstruction_loss_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* z = logits.const_data_ptr<scalar_t>();
@@ -98,6 +98,7 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_cpu(
     acc_t* partial = partials.mutable_data_ptr<acc_t>();
     std::atomic<bool> target_out_of_range{false};
     grid.for_each_tile([&](int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t row_tile) {
+      cpu::sigmoid_tile(logits, reconstruction, r0, r1, c0, c1);
       if (add_loss_sums(z, x, xhat, partial + row_tile * n, r0, r1, c0, c1, n, cross_entropy)) {
         target_out_of_range.store(true, std::memory_order_relaxed);
       }
@@ -114,6 +115,19 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_cpu(
     *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(sum / static_cast<acc_t>(B));
   });
   return {reconstruction, loss};
+}
+
+// The logits' gradient for elements [first, last). kHasGradReconstruction picks the loop
+// without the (absent) upstream gradient of the reconstruction.
+template <bool kHasGradReconstruction, typename scalar_t, typename acc_t>
+PYAE_CPU_MULTIVERSION void logit_grads(const scalar_t* __restrict xhat, const scalar_t* __restrict x,
+                                       const scalar_t* __restrict g, acc_t loss_scale, bool cross_entropy,
+                                       scalar_t* __restrict out, int64_t first, int64_t last) {
+  for (int64_t e = first; e < last; ++e) {
+    const acc_t upstream = kHasGradReconstruction ? static_cast<acc_t>(g[e]) : acc_t(0);
+    out[e] = static_cast<scalar_t>(sigmoid_loss_logit_grad(static_cast<acc_t>(xhat[e]), static_cast<acc_t>(x[e]),
+                                                           upstream, loss_scale, cross_entropy));
+  }
 }
 
 at::Tensor sigmoid_reconstruction_loss_backward_cpu(
@@ -138,10 +152,10 @@ at::Tensor sigmoid_reconstruction_loss_backward_cpu(
     const scalar_t* g = grad_reconstruction.has_value() ? grad_reconstruction->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, numel, 32768, [&](int64_t first, int64_t last) {
-      for (int64_t e = first; e < last; ++e) {
-        const acc_t upstream = g ? static_cast<acc_t>(g[e]) : acc_t(0);
-        out[e] = static_cast<scalar_t>(sigmoid_loss_logit_grad(
-            static_cast<acc_t>(xhat[e]), static_cast<acc_t>(x[e]), upstream, loss_scale, cross_entropy));
+      if (g != nullptr) {
+        logit_grads<true>(xhat, x, g, loss_scale, cross_entropy, out, first, last);
+      } else {
+        logit_grads<false>(xhat, x, g, loss_scale, cross_entropy, out, first, last);
       }
     });
   });

@@ -24,7 +24,7 @@ using cpu::sum_row_tiles;
 // columns [c0, c1). The restrict-qualified pointers and the branch-free body let the
 // compiler vectorize along l.
 template <typename scalar_t, typename acc_t>
-void add_activation_sums(const scalar_t* __restrict h, acc_t* __restrict h_sum, acc_t* __restrict d2_sum,
+PYAE_CPU_MULTIVERSION void add_activation_sums(const scalar_t* __restrict h, acc_t* __restrict h_sum, acc_t* __restrict d2_sum,
                          int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t k) {
   for (int64_t i = r0; i < r1; ++i) {
     const scalar_t* __restrict row = h + i * k;
@@ -40,7 +40,7 @@ void add_activation_sums(const scalar_t* __restrict h, acc_t* __restrict h_sum, 
 // delta_il for rows [r0, r1) and columns [c0, c1), and its column sums together with those
 // of d_il^2. kHasGradHidden picks the loop without the (absent) grad_hidden stream.
 template <bool kHasGradHidden, typename scalar_t, typename acc_t>
-void delta_rows(const scalar_t* __restrict h, const scalar_t* __restrict g_h, const acc_t* __restrict rho_term,
+PYAE_CPU_MULTIVERSION void delta_rows(const scalar_t* __restrict h, const scalar_t* __restrict g_h, const acc_t* __restrict rho_term,
                 const acc_t* __restrict coef, scalar_t* __restrict out, acc_t* __restrict delta_sum,
                 acc_t* __restrict d2_sum, int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t k) {
   for (int64_t i = r0; i < r1; ++i) {
@@ -58,31 +58,38 @@ void delta_rows(const scalar_t* __restrict h, const scalar_t* __restrict g_h, co
   }
 }
 
-// c_l = ||weight_l||^2, accumulated in acc_t. A single running sum is a serial dependency
-// chain the compiler may not reorder; kLanes independent partial sums (added up in a fixed
-// order at the end) vectorize and keep the result the same whatever the thread count.
+// c_l = ||weight_l||^2 for the rows [first, last), accumulated in acc_t. A single running
+// sum is a serial dependency chain the compiler may not reorder; kLanes independent partial
+// sums (added up in a fixed order at the end) vectorize and keep the result the same
+// whatever the thread count.
+template <typename scalar_t, typename acc_t>
+PYAE_CPU_MULTIVERSION void squared_norms_of_rows(const scalar_t* __restrict weight, int64_t n, int64_t first,
+                                                 int64_t last, acc_t* __restrict out) {
+  constexpr int64_t kLanes = 16;
+  for (int64_t l = first; l < last; ++l) {
+    const scalar_t* __restrict row = weight + l * n;
+    acc_t lanes[kLanes] = {};
+    const int64_t full = n - n % kLanes;
+    for (int64_t j = 0; j < full; j += kLanes) {
+      for (int64_t lane = 0; lane < kLanes; ++lane) {
+        const acc_t w = static_cast<acc_t>(row[j + lane]);
+        lanes[lane] += w * w;
+      }
+    }
+    for (int64_t j = full; j < n; ++j) {
+      const acc_t w = static_cast<acc_t>(row[j]);
+      lanes[j - full] += w * w;
+    }
+    acc_t total = 0;
+    for (int64_t lane = 0; lane < kLanes; ++lane) total += lanes[lane];
+    out[l] = total;
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 void squared_row_norms(const scalar_t* weight, int64_t k, int64_t n, acc_t* out) {
-  constexpr int64_t kLanes = 16;
   at::parallel_for(0, k, std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)), [&](int64_t first, int64_t last) {
-    for (int64_t l = first; l < last; ++l) {
-      const scalar_t* __restrict row = weight + l * n;
-      acc_t lanes[kLanes] = {};
-      const int64_t full = n - n % kLanes;
-      for (int64_t j = 0; j < full; j += kLanes) {
-        for (int64_t lane = 0; lane < kLanes; ++lane) {
-          const acc_t w = static_cast<acc_t>(row[j + lane]);
-          lanes[lane] += w * w;
-        }
-      }
-      for (int64_t j = full; j < n; ++j) {
-        const acc_t w = static_cast<acc_t>(row[j]);
-        lanes[j - full] += w * w;
-      }
-      acc_t total = 0;
-      for (int64_t lane = 0; lane < kLanes; ++lane) total += lanes[lane];
-      out[l] = total;
-    }
+    squared_norms_of_rows(weight, n, first, last, out);
   });
 }
 
@@ -98,14 +105,15 @@ struct CpuBackend {
     at::Tensor mean_activation = at::empty({k}, hidden.options());
     at::Tensor contractive = at::empty({}, hidden.options());
 
-    // Two passes, ATen's vectorized sigmoid in place (see tiles.h), then the column sums,
-    // which vectorize from plain C++: together they beat one pass with a scalar exp.
-    cpu::sigmoid_in_fixed_slabs(hidden, hidden);
+    // Per tile: ATen's vectorized sigmoid in place (see tiles.h), then the column sums while
+    // the tile is in cache, which vectorize from plain C++: together they beat one pass with
+    // a scalar exp.
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "pyae_sigmoid_encoder_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* h = hidden.const_data_ptr<scalar_t>();
       acc_t* partial = partials.mutable_data_ptr<acc_t>();
       grid.for_each_tile([&](int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t row_tile) {
+        cpu::sigmoid_tile(hidden, hidden, r0, r1, c0, c1);
         acc_t* h_sum = partial + row_tile * 2 * k;
         add_activation_sums(h, h_sum, h_sum + k, r0, r1, c0, c1, k);
       });

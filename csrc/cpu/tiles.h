@@ -8,10 +8,22 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <c10/core/ScalarType.h>
 
 #include <algorithm>
 #include <cstdint>
+
+// The hot loops are compiled for several x86-64 levels (AVX-512, AVX2 + FMA, and the
+// baseline's SSE2), and the loader picks the best the CPU runs (GCC's target_clones, an
+// ifunc): an extension is built with baseline flags, which would leave these loops at a
+// quarter of the vector width ATen's own kernels use. The choice is made once per machine,
+// so results stay reproducible on it.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define PYAE_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PYAE_CPU_MULTIVERSION
+#endif
 
 namespace pyae {
 namespace cpu {
@@ -28,10 +40,14 @@ struct TileGrid {
         column_tiles((columns + kColumnsPerTile - 1) / kColumnsPerTile) {}
   int64_t tiles() const { return row_tiles * column_tiles; }
 
-  // Calls body(row_begin, row_end, column_begin, column_end, row_tile) for every tile, in parallel.
+  // Calls body(row_begin, row_end, column_begin, column_end, row_tile) for every tile, in
+  // parallel. The caller's thread-local state (inference mode, dispatch keys) goes with each
+  // worker, since bodies call ATen (sigmoid_tile).
   template <typename Body>
   void for_each_tile(const Body& body) const {
+    const at::ThreadLocalState caller_state;
     at::parallel_for(0, tiles(), 1, [&](int64_t first, int64_t last) {
+      const at::ThreadLocalStateGuard state_guard(caller_state);
       for (int64_t tile = first; tile < last; ++tile) {
         const int64_t row_tile = tile / column_tiles;
         const int64_t column_begin = (tile % column_tiles) * kColumnsPerTile;
@@ -57,21 +73,18 @@ void sum_row_tiles(const acc_t* partials, int64_t row_tiles, int64_t count, int6
   });
 }
 
-// output = sigmoid(input) for (B, m) contiguous tensors (output may be input: in place).
+// output = sigmoid(input) on the tile [r0, r1) x [c0, c1) of two (B, m) contiguous tensors
+// (output may be input: in place), called from a for_each_tile body.
 //
-// ATen's sigmoid is vectorized for the CPU at hand (AVX2, AVX-512), which an extension built
-// with default flags cannot match for exp. Its vector loop and its scalar tail can differ in
-// the last bit, so it runs on slabs of whole rows fixed by the shape, each below ATen's
-// parallel grain (so each is one serial call): where the tails fall then depends on the
-// shape alone, never on the number of threads, and results stay bitwise reproducible.
-inline void sigmoid_in_fixed_slabs(const at::Tensor& input, const at::Tensor& output) {
-  const int64_t rows = input.size(0), columns = input.size(1);
-  const int64_t rows_per_slab = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(columns, 1));
-  for (int64_t r0 = 0; r0 < rows; r0 += rows_per_slab) {
-    const int64_t count = std::min(rows_per_slab, rows - r0);
-    at::Tensor out = output.narrow(0, r0, count);
-    at::sigmoid_out(out, input.narrow(0, r0, count));
-  }
+// ATen's sigmoid is vectorized for the CPU at hand, with a vector loop and a scalar tail that
+// can differ in the last bit. Inside a parallel region it runs serially on the tile, so
+// where its tails fall depends on the tile grid, a function of the shape alone: results stay
+// bitwise the same whatever the number of threads. The tile is then hot in cache for the
+// pass that follows.
+inline void sigmoid_tile(const at::Tensor& input, const at::Tensor& output, int64_t r0, int64_t r1, int64_t c0,
+                         int64_t c1) {
+  at::Tensor out = output.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0);
+  at::sigmoid_out(out, input.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0));
 }
 
 // float for float/half/bfloat16, double for double: the type partial sums are kept in.
