@@ -13,13 +13,16 @@ the KL sparsity penalty, forward and backward. Peers:
     graph        eager's whole step incl. an SGD update in one hand-captured CUDA graph (CUDA)
     jacrev       the contractive penalty through vmap(jacrev(encoder))    (small batches)
     pyae         pyae.Autoencoder's step, eager
+    pyae_all     the same with every regularizer of goal 1 on: masking noise (q = 0.25) and
+                 weight decay (1e-4) besides the two penalties (not the same loss as the others:
+                 compare it with plain)
     pyae_compiled / pyae_compiled_ro   pyae's step under torch.compile
     pyae_graph   pyae.TrainStep: pyae's whole step incl. the SGD update in one CUDA graph (CUDA)
 
 Timing: warm-up, then the median (and interquartile range) of --repeat timed steps, with CUDA
 events on a GPU; the peers of one size take turns step by step, so drift hits them alike. Memory: the bytes autograd saves for the backward (every device), and on
 CUDA the peak allocated during a step above what was allocated before it. Ratios are to
-`plain` in the same run. Writes a Markdown table to stdout and, with --json, the raw numbers.
+`plain` (and to `gemm`, the floor) in the same run. Writes a Markdown table to stdout and, with --json, the raw numbers.
 
     python benchmarks/bench_step.py --device cpu
     python benchmarks/bench_step.py --device cuda --dtype float32 bfloat16 --json out.json
@@ -92,11 +95,14 @@ def distinct_copy(function, tag):
     return types.FunctionType(code, function.__globals__, code.co_name)
 
 
-def make_model(n, k, device, dtype, seed=0):
+def make_model(n, k, device, dtype, seed=0, **extra):
     torch.manual_seed(seed)
     return pyae.Autoencoder(n, k, loss="cross_entropy", contractive_weight=CONTRACTIVE_WEIGHT,
                             sparsity_target=SPARSITY_TARGET, sparsity_weight=SPARSITY_WEIGHT,
-                            device=device, dtype=dtype)
+                            device=device, dtype=dtype, **extra)
+
+
+ALL_REGULARIZERS = dict(noise="mask", noise_level=0.25, weight_decay=1e-4)
 
 
 def parameters_of(model):
@@ -234,7 +240,7 @@ def cuda_peak_bytes(step):
     return torch.cuda.max_memory_allocated() - before
 
 
-PEERS = ["gemm", "plain", "eager", "compiled", "compiled_ro", "graph", "jacrev", "pyae", "pyae_compiled",
+PEERS = ["gemm", "plain", "eager", "compiled", "compiled_ro", "graph", "jacrev", "pyae", "pyae_all", "pyae_compiled",
          "pyae_compiled_ro", "pyae_graph"]
 CUDA_ONLY = {"compiled_ro", "graph", "pyae_compiled_ro", "pyae_graph"}
 
@@ -254,7 +260,7 @@ def build(peer, model, x):
         return loss_step(torch.compile(distinct_copy(eager_loss, peer), mode=mode, fullgraph=True), x, params)
     if peer == "graph":
         return graph_step(eager_loss, x, params)
-    if peer == "pyae":
+    if peer in ("pyae", "pyae_all"):
         return pyae_step(model, x)
     if peer in ("pyae_compiled", "pyae_compiled_ro"):
         return compiled_module_step(model, x, "reduce-overhead" if peer.endswith("_ro") else None)
@@ -279,7 +285,7 @@ def run(args):
                     continue
                 if peer == "jacrev" and B * k * n > args.jacrev_limit:
                     continue
-                models[peer] = make_model(n, k, device, dtype)
+                models[peer] = make_model(n, k, device, dtype, **(ALL_REGULARIZERS if peer == "pyae_all" else {}))
                 try:
                     steps[peer] = build(peer, models[peer], x)
                     steps[peer]()  # compiles, captures, fails here rather than mid-measurement
@@ -292,12 +298,15 @@ def run(args):
                 peak = cuda_peak_bytes(steps[peer]) if device.type == "cuda" else None
                 results[peer] = dict(ms=median, iqr_ms=iqr, saved_bytes=saved, peak_bytes=peak)
             base = results.get("plain", {}).get("ms")
+            floor = results.get("gemm", {}).get("ms")
             for peer in args.peers:
                 if peer not in results:
                     continue
                 result = results[peer]
                 if base and "ms" in result:
                     result["ratio_to_plain"] = result["ms"] / base
+                if floor and "ms" in result:
+                    result["ratio_to_gemm"] = result["ms"] / floor
                 print(f"  {dtype_name} {size} {peer}: {result}", file=sys.stderr, flush=True)
                 rows.append(dict(dtype=dtype_name, size=size, peer=peer, **result))
             del models, steps
@@ -308,16 +317,17 @@ def run(args):
 
 def markdown(rows, device_name):
     lines = [f"device: {device_name}", "",
-             "| dtype | B x n x k | peer | median ms | IQR ms | x plain | saved for backward MiB | CUDA peak MiB |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| dtype | B x n x k | peer | median ms | IQR ms | x plain | x gemm | saved for backward MiB | CUDA peak MiB |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     mib = lambda b: "" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['dtype']} | {r['size']} | {r['peer']} | failed: {r['error']} | | | | |")
+            lines.append(f"| {r['dtype']} | {r['size']} | {r['peer']} | failed: {r['error']} | | | | | |")
             continue
         ratio = f"{r['ratio_to_plain']:.2f}" if "ratio_to_plain" in r else ""
+        over_floor = f"{r['ratio_to_gemm']:.2f}" if "ratio_to_gemm" in r else ""
         lines.append(f"| {r['dtype']} | {r['size']} | {r['peer']} | {r['ms']:.3f} | {r['iqr_ms']:.3f} | {ratio} | "
-                     f"{mib(r['saved_bytes'])} | {mib(r['peak_bytes'])} |")
+                     f"{over_floor} | {mib(r['saved_bytes'])} | {mib(r['peak_bytes'])} |")
     return "\n".join(lines)
 
 

@@ -48,13 +48,13 @@ tail -n 3 "$out/tests.log" | sed 's/^/    /' >> "$summary"
 # first, then the torch.compile peers (tens of seconds to compile each), then bfloat16 and the
 # large size. Budget: about 12 minutes in all, so that it fits a 15-minute lease.
 stage bench_float32 90 $python benchmarks/bench_step.py --device cuda --dtype float32 \
-  --sizes 256x784x1000 4096x784x1000 --peers gemm plain eager graph jacrev pyae pyae_graph \
+  --sizes 256x784x1000 4096x784x1000 --peers gemm plain eager graph jacrev pyae pyae_all pyae_graph \
   --json "$out/bench_float32.json"
 stage bench_compiled 240 $python benchmarks/bench_step.py --device cuda --dtype float32 \
   --sizes 256x784x1000 4096x784x1000 --peers plain compiled compiled_ro pyae_compiled pyae_compiled_ro \
   --json "$out/bench_compiled.json"
 stage bench_bfloat16 90 $python benchmarks/bench_step.py --device cuda --dtype bfloat16 \
-  --sizes 256x784x1000 4096x784x1000 --peers gemm plain eager graph pyae pyae_graph --json "$out/bench_bfloat16.json"
+  --sizes 256x784x1000 4096x784x1000 --peers gemm plain eager graph pyae pyae_all pyae_graph --json "$out/bench_bfloat16.json"
 stage bench_large 90 $python benchmarks/bench_step.py --device cuda --dtype float32 bfloat16 \
   --sizes 16384x4096x4096 --peers gemm plain eager pyae pyae_graph --warmup 5 --repeat 20 --json "$out/bench_large.json"
 for log in bench_float32 bench_compiled bench_bfloat16 bench_large; do

@@ -8,11 +8,20 @@ import torch
 import pyae
 
 
+FORWARD_OPERATORS = ["sigmoid_encoder", "sigmoid_reconstruction_loss", "kl_sparsity"]
+BACKWARD_OPERATORS = [f"{name}_backward" for name in FORWARD_OPERATORS]
+
+
 def test_operators_are_registered():
-    assert hasattr(torch.ops.pyae, "sigmoid_encoder")
-    assert hasattr(torch.ops.pyae, "sigmoid_encoder_backward")
-    assert torch._C._dispatch_has_kernel_for_dispatch_key("pyae::sigmoid_encoder", "CPU")
-    assert isinstance(pyae.has_cuda_kernels(), bool)
+    # Every operator has a CPU kernel (and a CUDA one in a CUDA build); every forward
+    # operator has its C++ autograd kernel.
+    has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+    for name in FORWARD_OPERATORS + BACKWARD_OPERATORS:
+        assert hasattr(torch.ops.pyae, name)
+        assert has_kernel(f"pyae::{name}", "CPU"), name
+        assert has_kernel(f"pyae::{name}", "CUDA") == pyae.has_cuda_kernels(), name
+    for name in FORWARD_OPERATORS:
+        assert has_kernel(f"pyae::{name}", "AutogradCPU") and has_kernel(f"pyae::{name}", "AutogradCUDA"), name
 
 
 def test_missing_extension_says_how_to_build():
