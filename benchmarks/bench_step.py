@@ -20,7 +20,8 @@ the KL sparsity penalty, forward and backward. Peers:
     pyae_graph   pyae.TrainStep: pyae's whole step incl. the SGD update in one CUDA graph (CUDA)
 
 Timing: warm-up, then the median (and interquartile range) of --repeat timed steps, with CUDA
-events on a GPU; the peers of one size take turns step by step, so drift hits them alike. Memory: the bytes autograd saves for the backward (every device), and on
+events on a GPU; the peers of one size take turns step by step, so drift hits them alike.
+Memory: the bytes autograd saves for the backward (every device), and on
 CUDA the peak allocated during a step above what was allocated before it. Ratios are to
 `plain` (and to `gemm`, the floor) in the same run. Writes a Markdown table to stdout and, with --json, the raw numbers.
 
@@ -317,7 +318,8 @@ def run(args):
 
 def markdown(rows, device_name):
     lines = [f"device: {device_name}", "",
-             "| dtype | B x n x k | peer | median ms | IQR ms | x plain | x gemm | saved for backward MiB | CUDA peak MiB |",
+             "| dtype | B x n x k | peer | median ms | IQR ms | x plain | x gemm | saved for backward MiB "
+             "| CUDA peak MiB |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     mib = lambda b: "" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
     for r in rows:
@@ -334,7 +336,8 @@ def markdown(rows, device_name):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16", "float64"])
+    parser.add_argument("--dtype", nargs="+", default=["float32"],
+                        choices=["float32", "bfloat16", "float16", "float64"])
     parser.add_argument("--sizes", nargs="+", default=None, help="BxNxK, e.g. 256x784x1000")
     parser.add_argument("--peers", nargs="+", default=PEERS, choices=PEERS)
     parser.add_argument("--warmup", type=int, default=None)

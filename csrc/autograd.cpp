@@ -1,6 +1,6 @@
 // Autograd for pyae's forward operators, for every device: each backward is itself an
 // operator (sigmoid_encoder_backward, sigmoid_reconstruction_loss_backward,
-// kl_sparsity_backward), called through
+// kl_sparsity_backward, weight_decay_backward), called through
 // the dispatcher, so torch.compile traces it into the backward graph like any aten op.
 //
 // Why C++ rather than torch.library.register_autograd: at MNIST sizes on a GPU a training
@@ -10,7 +10,7 @@
 //
 // Only the inputs and the outputs the kernels read are saved: x, weight and hidden for the
 // encoder; the reconstruction and the target for the decoder's loss; the mean activations
-// for the sparsity penalty. Outputs that did not
+// for the sparsity penalty; the weights for weight decay. Outputs that did not
 // reach the loss get undefined gradients (set_materialize_grads(false)), and the backward
 // kernels skip their terms instead of reading zeros.
 
@@ -121,6 +121,30 @@ class KlSparsityFunction : public torch::autograd::Function<KlSparsityFunction> 
   }
 };
 
+class WeightDecayFunction : public torch::autograd::Function<WeightDecayFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, at::TensorList weights) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("pyae::weight_decay", "")
+                               .typed<at::Tensor(at::TensorList)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward(weights.vec());
+    return op.call(weights);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("pyae::weight_decay_backward", "")
+                               .typed<std::vector<at::Tensor>(const at::Tensor&, at::TensorList)>();
+    const auto weights = ctx->get_saved_variables();
+    auto weight_grads = op.call(grads[0], weights);
+    for (size_t i = 0; i < weight_grads.size(); ++i) {
+      if (!ctx->needs_input_grad(i)) weight_grads[i] = at::Tensor();
+    }
+    return weight_grads;
+  }
+};
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_encoder_autograd(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   auto outputs = SigmoidEncoderFunction::apply(x, weight, bias);
@@ -137,12 +161,17 @@ at::Tensor kl_sparsity_autograd(const at::Tensor& mean_activation, double target
   return KlSparsityFunction::apply(mean_activation, target);
 }
 
+at::Tensor weight_decay_autograd(at::TensorList weights) {
+  return WeightDecayFunction::apply(weights);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyae, Autograd, m) {
   m.impl("sigmoid_encoder", &sigmoid_encoder_autograd);
   m.impl("sigmoid_reconstruction_loss", &sigmoid_reconstruction_loss_autograd);
   m.impl("kl_sparsity", &kl_sparsity_autograd);
+  m.impl("weight_decay", &weight_decay_autograd);
 }
 
 }  // namespace pyae

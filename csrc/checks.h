@@ -6,6 +6,8 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include <string>
+
 namespace pyae {
 
 inline void check_floating(const at::Tensor& t, const char* name) {
@@ -110,6 +112,15 @@ inline void check_kl_sparsity_backward_inputs(const at::Tensor& grad, const at::
   check_kl_sparsity_inputs(mean_activation, target);
   check_same_dtype_device(grad, "grad", mean_activation, "mean_activation");
   TORCH_CHECK_VALUE(grad.numel() == 1, "pyae: grad must be a scalar, got shape ", grad.sizes());
+}
+
+inline void check_weight_decay_inputs(at::TensorList weights) {
+  TORCH_CHECK_VALUE(!weights.empty(), "pyae: weight_decay needs at least one weight tensor");
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const std::string name = "weights[" + std::to_string(i) + "]";
+    check_floating(weights[i], name.c_str());
+    if (i > 0) check_same_dtype_device(weights[i], name.c_str(), weights[0], "weights[0]");
+  }
 }
 
 }  // namespace pyae

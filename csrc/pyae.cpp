@@ -5,6 +5,7 @@
 //   mean_activation_l = (1/B) sum_i h_il
 //   contractive       = (1/B) sum_i sum_l d_il^2 c_l      (mean squared Frobenius norm of dh/dx)
 //   kl_sparsity       = sum_l KL(rho || mean_activation_l)  (Bernoulli KL against the target rho)
+//   weight_decay      = (1/2) sum_W ||W||^2                   (gradient: W)
 
 #include <Python.h>
 #include <torch/library.h>
@@ -59,4 +60,12 @@ TORCH_LIBRARY(pyae, m) {
   m.def("kl_sparsity(Tensor mean_activation, float target) -> Tensor");
   // Its backward: grad * (-target / rho + (1 - target) / (1 - rho)) inside the interval.
   m.def("kl_sparsity_backward(Tensor grad, Tensor mean_activation, float target) -> Tensor grad_mean_activation");
+
+  // Weight decay: (1/2) sum over the given weight matrices of ||W||^2 (never biases), whose
+  // gradient is exactly W (times the upstream gradient). One read of each weight forward and
+  // one pass backward: torch ops' pow(2).sum() or dot(w, w) make weight-sized temporaries and
+  // (for dot) two products where one suffices. Device-generic (csrc/composite.cpp).
+  m.def("weight_decay(Tensor[] weights) -> Tensor");
+  // Its backward: grad * W for each weight.
+  m.def("weight_decay_backward(Tensor grad, Tensor[] weights) -> Tensor[]");
 }

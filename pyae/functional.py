@@ -92,19 +92,15 @@ def weight_decay(*weights: Tensor) -> Tensor:
     """``(1/2) * sum ||W||^2`` over the given weight matrices (never biases).
 
     Multiplied by ``lambda`` this adds exactly ``lambda * W`` to each matrix's gradient, the
-    convention of the torch optimizers' ``weight_decay``.
+    convention of the torch optimizers' ``weight_decay``. One fused operator
+    (``torch.ops.pyae.weight_decay``): one read of each weight forward and one pass backward,
+    no weight-sized temporaries. The weights must share one dtype and device.
     """
     if not weights:
         raise ValueError("weight_decay needs at least one weight tensor")
-    total = None
     for index, weight in enumerate(weights):
         _check_floating_tensor(weight, f"weights[{index}]")
-        # A dot product reads the weight once and makes no weight-sized temporary; pow(2).sum()
-        # makes one each way (4.5x slower for a 1000 x 784 weight on a CPU).
-        flat = weight.reshape(-1)
-        term = 0.5 * torch.dot(flat, flat)
-        total = term if total is None else total + term
-    return total
+    return _ops.weight_decay(weights)
 
 
 def _check_reconstruction_arguments(output, target, kind: str, output_name: str = "output", *,

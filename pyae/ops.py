@@ -4,7 +4,7 @@ Loading :mod:`pyae._C` registers the ``torch.ops.pyae`` operators: the schemas i
 ``csrc/pyae.cpp``, the kernels in ``csrc/cpu`` and ``csrc/cuda``, and their autograd in
 ``csrc/autograd.cpp``, where each backward is itself an operator
 (``sigmoid_encoder_backward``, ``sigmoid_reconstruction_loss_backward``,
-``kl_sparsity_backward``) that
+``kl_sparsity_backward``, ``weight_decay_backward``) that
 ``torch.compile`` traces like an aten op. Autograd is in C++ rather than in
 ``torch.library.register_autograd`` because a Python autograd function costs tens of
 microseconds per call and per backward node, which at MNIST sizes on a GPU is most of a
@@ -20,7 +20,7 @@ typed entry points onto the operators.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -45,6 +45,8 @@ __all__ = [
     "sigmoid_reconstruction_loss_backward",
     "kl_sparsity",
     "kl_sparsity_backward",
+    "weight_decay",
+    "weight_decay_backward",
     "has_cuda_kernels",
 ]
 
@@ -170,6 +172,17 @@ def kl_sparsity_backward(grad: Tensor, mean_activation: Tensor, target: float) -
     return torch.ops.pyae.kl_sparsity_backward.default(grad, mean_activation, target)
 
 
+def weight_decay(weights: Sequence[Tensor]) -> Tensor:
+    """``(1/2) * sum ||W||^2`` over ``weights`` (one dtype and device), gradient ``W`` each;
+    see :func:`pyae.functional.weight_decay`, the checked public entry point."""
+    return torch.ops.pyae.weight_decay.default(list(weights))
+
+
+def weight_decay_backward(grad: Tensor, weights: Sequence[Tensor]) -> List[Tensor]:
+    """The gradients of :func:`weight_decay`: ``grad * W`` for each weight."""
+    return torch.ops.pyae.weight_decay_backward.default(grad, list(weights))
+
+
 # --------------------------------------------------------------------------------------
 # Fake (meta) kernels: shapes, dtypes and the same argument checks as the C++ kernels, so a
 # traced program fails where an eager one would.
@@ -253,3 +266,26 @@ def _kl_sparsity_fake(mean_activation: Tensor, target: float):
 def _kl_sparsity_backward_fake(grad: Tensor, mean_activation: Tensor, target: float):
     _check_kl_arguments(mean_activation, target)
     return torch.empty_like(mean_activation, memory_format=torch.contiguous_format)
+
+
+def _check_weight_decay_arguments(weights) -> None:
+    torch._check_value(len(weights) > 0, lambda: "pyae: weight_decay needs at least one weight tensor")
+    for index, weight in enumerate(weights):
+        torch._check_type(weight.dtype.is_floating_point,
+                          lambda: f"pyae: weights[{index}] must be a floating-point tensor, got {weight.dtype}")
+        torch._check_type(
+            weight.dtype == weights[0].dtype,
+            lambda: f"pyae: weights[{index}] has dtype {weight.dtype} but weights[0] has {weights[0].dtype}",
+        )
+
+
+@torch.library.register_fake("pyae::weight_decay")
+def _weight_decay_fake(weights):
+    _check_weight_decay_arguments(weights)
+    return weights[0].new_empty(())
+
+
+@torch.library.register_fake("pyae::weight_decay_backward")
+def _weight_decay_backward_fake(grad, weights):
+    _check_weight_decay_arguments(weights)
+    return [torch.empty_like(weight, memory_format=torch.contiguous_format) for weight in weights]

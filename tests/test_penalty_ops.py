@@ -1,4 +1,5 @@
-"""The fused KL sparsity operator against the float64 reference, gradcheck and opcheck."""
+"""The penalty operators (KL sparsity, weight decay) against the float64 reference,
+gradcheck and opcheck."""
 
 import pytest
 import torch
@@ -114,3 +115,73 @@ def test_compiles_fullgraph(device):
 def test_bad_input_raises(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# --------------------------------------------------------------------------------------
+# Weight decay
+
+
+def weights_for(shapes, *, dtype=torch.float64, device="cpu", seed=0):
+    # nn.Linear's scale (1 / sqrt(fan_in)): ||W||^2 about the row count, within float16's range.
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(shape, generator=generator, dtype=torch.float64) / shape[1] ** 0.5).to(device=device,
+                                                                                                 dtype=dtype)
+            for shape in shapes]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shapes", [[(3, 4)], [(1000, 784), (784, 1000)], [(5, 2), (2, 5)]])
+def test_weight_decay_matches_reference(device, dtype, shapes):
+    weights = [w.requires_grad_() for w in weights_for(shapes, dtype=dtype, device=device)]
+    value = ops.weight_decay(weights)
+    assert value.shape == () and value.dtype == dtype
+    expected = 0.5 * sum((w.detach().double() ** 2).sum() for w in weights)
+    # The sum of up to 1.6M squares: relative rounding grows like sqrt(count) ulps.
+    torch.testing.assert_close(value.double().cpu(), expected.cpu(), rtol=4 * TOLERANCES[dtype]["rtol"], atol=0)
+    grads = torch.autograd.grad(value * 3.0, weights)
+    for grad, weight in zip(grads, weights):
+        assert grad.dtype == dtype and grad.shape == weight.shape
+        torch.testing.assert_close(grad, 3.0 * weight.detach(), **TOLERANCES[dtype])
+
+
+def test_weight_decay_of_a_transposed_view(device):
+    weight = weights_for([(4, 6)], device=device)[0].requires_grad_()
+    value = ops.weight_decay([weight.t()])
+    (grad,) = torch.autograd.grad(value, weight)
+    torch.testing.assert_close(value, 0.5 * (weight.detach() ** 2).sum())
+    torch.testing.assert_close(grad, weight.detach())
+
+
+def test_weight_decay_gradcheck_and_opcheck(device):
+    weights = [w.requires_grad_() for w in weights_for([(3, 4), (4, 3)], device=device, seed=1)]
+    torch.autograd.gradcheck(lambda a, b: ops.weight_decay([a, b]), weights)
+    frozen = [weights[0], weights[1].detach()]  # a weight that needs no gradient gets none
+    (grad,) = torch.autograd.grad(ops.weight_decay(frozen), [weights[0]])
+    torch.testing.assert_close(grad, weights[0].detach())
+    for requires_grad in (False, True):
+        torch.library.opcheck(torch.ops.pyae.weight_decay.default,
+                              ([w.detach().clone().requires_grad_(requires_grad) for w in weights],))
+    grad = torch.tensor(0.5, dtype=torch.float64, device=device)
+    torch.library.opcheck(torch.ops.pyae.weight_decay_backward.default, (grad, [w.detach() for w in weights]))
+
+
+def test_weight_decay_compiles_fullgraph(device):
+    weights = [w.requires_grad_() for w in weights_for([(6, 5), (5, 6)], dtype=torch.float32, device=device)]
+    compiled = torch.compile(lambda a, b: 1e-3 * ops.weight_decay([a, b]), fullgraph=True, backend="aot_eager")
+    value = compiled(*weights)
+    torch.testing.assert_close(value, 1e-3 * ops.weight_decay(weights))
+    for grad, weight in zip(torch.autograd.grad(value, weights), weights):
+        torch.testing.assert_close(grad, 1e-3 * weight.detach())
+
+
+@pytest.mark.parametrize(
+    "weights, error, message",
+    [
+        ([], ValueError, "at least one weight"),
+        ([torch.ones(2, 2, dtype=torch.long)], TypeError, r"weights\[0\] must be a floating-point"),
+        ([torch.ones(2, 2), torch.ones(2, 2, dtype=torch.float64)], TypeError, r"weights\[1\] has dtype"),
+    ],
+)
+def test_weight_decay_bad_input_raises(weights, error, message):
+    with pytest.raises(error, match=message):
+        ops.weight_decay(weights)
