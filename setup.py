@@ -112,6 +112,13 @@ def _extension():
     # Py_LIMITED_API keeps the module free of any one CPython version's ABI: it only
     # registers operators and exposes no Python functions of its own.
     define_macros = [("Py_LIMITED_API", "0x03090000")]
+    link_flags = []
+    if sys.platform.startswith("linux"):
+        # at::parallel_for is inline: compiled without OpenMP it runs serially in this module,
+        # whatever torch.set_num_threads says. libgomp.so.1 then resolves to the copy torch
+        # has already loaded, so both share one thread pool.
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     extra = {"cxx": cxx_flags}
     include_dirs = [os.path.join(ROOT, "csrc")]
     if use_cuda:
@@ -151,6 +158,7 @@ def _extension():
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args=extra,
+        extra_link_args=link_flags,
         py_limited_api=True,
     )
 

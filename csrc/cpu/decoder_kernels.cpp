@@ -19,7 +19,7 @@ namespace {
 
 using cpu::accumulation_dtype;
 using cpu::sum_row_tiles;
-using cpu::TileGrid;
+using cpu::RowTiles;
 
 // log(s) for s in [1/2, 1], from the series 2 atanh(u) = log(s), u = (s - 1) / (s + 1) in
 // [-1/3, 0]: arithmetic only, so loops over it vectorize (glibc's log does not). Eight terms
@@ -42,7 +42,7 @@ inline double log_upper_half(double s) {
   return std::log(s);
 }
 
-// Adds each element's loss over rows [r0, r1), columns [c0, c1) into loss_sum[j], from the
+// Adds each element's loss over rows [r0, r1) into loss_sum[j], from the
 // logits z, the targets x and the reconstruction xhat = sigmoid(z):
 //   cross-entropy: max(z, 0) - x z + log1p(exp(-|z|)), where log1p(exp(-|z|)) =
 //                  -log(sigmoid(|z|)) = -log(max(xhat, 1 - xhat))
@@ -50,14 +50,14 @@ inline double log_upper_half(double s) {
 // Returns whether a cross-entropy target lies outside [0, 1] (the pass reads every target
 // anyway, so the check costs nothing here; the caller raises).
 template <typename scalar_t, typename acc_t>
-PYAE_CPU_MULTIVERSION bool add_loss_sums(const scalar_t* __restrict z, const scalar_t* __restrict x, const scalar_t* __restrict xhat,
-                   acc_t* __restrict loss_sum, int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t n,
-                   bool cross_entropy) {
+PYAE_CPU_MULTIVERSION bool add_loss_sums(const scalar_t* __restrict z, const scalar_t* __restrict x,
+                                         const scalar_t* __restrict xhat, acc_t* __restrict loss_sum, int64_t r0,
+                                         int64_t r1, int64_t n, bool cross_entropy) {
   int out_of_range = 0;
   for (int64_t i = r0; i < r1; ++i) {
     const int64_t offset = i * n;
     if (cross_entropy) {
-      for (int64_t j = c0; j < c1; ++j) {
+      for (int64_t j = 0; j < n; ++j) {
         const acc_t logit = static_cast<acc_t>(z[offset + j]);
         const acc_t target = static_cast<acc_t>(x[offset + j]);
         const acc_t probability = static_cast<acc_t>(xhat[offset + j]);
@@ -66,7 +66,7 @@ PYAE_CPU_MULTIVERSION bool add_loss_sums(const scalar_t* __restrict z, const sca
         out_of_range |= static_cast<int>(target < acc_t(0)) | static_cast<int>(target > acc_t(1));
       }
     } else {
-      for (int64_t j = c0; j < c1; ++j) {
+      for (int64_t j = 0; j < n; ++j) {
         const acc_t error = static_cast<acc_t>(xhat[offset + j]) - static_cast<acc_t>(x[offset + j]);
         loss_sum[j] += error * error;
       }
@@ -80,10 +80,10 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_cpu(
   check_reconstruction_loss_inputs(logits_in, target_in);
   const at::Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
   const int64_t B = logits.size(0), n = logits.size(1);
-  const TileGrid grid(B, n);
+  const RowTiles tiles(B);
   const auto acc_options = logits.options().dtype(accumulation_dtype(logits.scalar_type()));
   // partials[t][j]: the loss summed over the rows of row tile t, for feature j.
-  at::Tensor partials = at::zeros({grid.row_tiles, n}, acc_options);
+  at::Tensor partials = at::zeros({tiles.count, n}, acc_options);
   at::Tensor totals = at::empty({n}, acc_options);
   at::Tensor reconstruction = at::empty_like(logits);
   at::Tensor loss = at::empty({}, logits.options());
@@ -97,9 +97,9 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_cpu(
     const scalar_t* xhat = reconstruction.const_data_ptr<scalar_t>();
     acc_t* partial = partials.mutable_data_ptr<acc_t>();
     std::atomic<bool> target_out_of_range{false};
-    grid.for_each_tile([&](int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t row_tile) {
-      cpu::sigmoid_tile(logits, reconstruction, r0, r1, c0, c1);
-      if (add_loss_sums(z, x, xhat, partial + row_tile * n, r0, r1, c0, c1, n, cross_entropy)) {
+    tiles.for_each([&](int64_t r0, int64_t r1, int64_t tile) {
+      cpu::sigmoid_rows(logits, reconstruction, r0, r1);
+      if (add_loss_sums(z, x, xhat, partial + tile * n, r0, r1, n, cross_entropy)) {
         target_out_of_range.store(true, std::memory_order_relaxed);
       }
     });
@@ -109,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_cpu(
                         ", ", high.item<double>(), "]");
     }
     acc_t* total = totals.mutable_data_ptr<acc_t>();
-    sum_row_tiles(partial, grid.row_tiles, 1, n, total);
+    sum_row_tiles(partial, tiles.count, 1, n, total);
     acc_t sum = 0;
     for (int64_t j = 0; j < n; ++j) sum += total[j];
     *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(sum / static_cast<acc_t>(B));

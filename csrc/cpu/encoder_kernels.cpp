@@ -1,5 +1,5 @@
-// CPU backend of the sigmoid encoder operators: the fused passes over (B, k), in the tiles
-// of tiles.h (reproducible whatever the number of threads); and the KL sparsity penalty of
+// CPU backend of the sigmoid encoder operators: the fused passes over (B, k), in the row
+// tiles of tiles.h (reproducible whatever the number of threads); and the KL sparsity penalty of
 // the encoder's mean activations.
 
 #include <ATen/ATen.h>
@@ -16,19 +16,18 @@
 namespace pyae {
 namespace {
 
-using cpu::TileGrid;
+using cpu::RowTiles;
 using cpu::accumulation_dtype;
 using cpu::sum_row_tiles;
 
-// Adds sum_i h_il and sum_i d_il^2 over rows [r0, r1) into h_sum[l], d2_sum[l] for the
-// columns [c0, c1). The restrict-qualified pointers and the branch-free body let the
-// compiler vectorize along l.
+// Adds sum_i h_il and sum_i d_il^2 over rows [r0, r1) into h_sum[l], d2_sum[l]. The
+// restrict-qualified pointers and the branch-free body let the compiler vectorize along l.
 template <typename scalar_t, typename acc_t>
-PYAE_CPU_MULTIVERSION void add_activation_sums(const scalar_t* __restrict h, acc_t* __restrict h_sum, acc_t* __restrict d2_sum,
-                         int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t k) {
+PYAE_CPU_MULTIVERSION void add_activation_sums(const scalar_t* __restrict h, acc_t* __restrict h_sum,
+                                               acc_t* __restrict d2_sum, int64_t r0, int64_t r1, int64_t k) {
   for (int64_t i = r0; i < r1; ++i) {
     const scalar_t* __restrict row = h + i * k;
-    for (int64_t l = c0; l < c1; ++l) {
+    for (int64_t l = 0; l < k; ++l) {
       const acc_t value = static_cast<acc_t>(row[l]);
       const acc_t d = sigmoid_slope(value);
       h_sum[l] += value;
@@ -37,15 +36,16 @@ PYAE_CPU_MULTIVERSION void add_activation_sums(const scalar_t* __restrict h, acc
   }
 }
 
-// delta_il for rows [r0, r1) and columns [c0, c1), and its column sums together with those
-// of d_il^2. kHasGradHidden picks the loop without the (absent) grad_hidden stream.
+// delta_il for rows [r0, r1), and its column sums together with those of d_il^2.
+// kHasGradHidden picks the loop without the (absent) grad_hidden stream.
 template <bool kHasGradHidden, typename scalar_t, typename acc_t>
-PYAE_CPU_MULTIVERSION void delta_rows(const scalar_t* __restrict h, const scalar_t* __restrict g_h, const acc_t* __restrict rho_term,
-                const acc_t* __restrict coef, scalar_t* __restrict out, acc_t* __restrict delta_sum,
-                acc_t* __restrict d2_sum, int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t k) {
+PYAE_CPU_MULTIVERSION void delta_rows(const scalar_t* __restrict h, const scalar_t* __restrict g_h,
+                                      const acc_t* __restrict rho_term, const acc_t* __restrict coef,
+                                      scalar_t* __restrict out, acc_t* __restrict delta_sum, acc_t* __restrict d2_sum,
+                                      int64_t r0, int64_t r1, int64_t k) {
   for (int64_t i = r0; i < r1; ++i) {
     const int64_t offset = i * k;
-    for (int64_t l = c0; l < c1; ++l) {
+    for (int64_t l = 0; l < k; ++l) {
       const acc_t value = static_cast<acc_t>(h[offset + l]);
       acc_t upstream = rho_term[l];
       if constexpr (kHasGradHidden) upstream += static_cast<acc_t>(g_h[offset + l]);
@@ -96,10 +96,10 @@ void squared_row_norms(const scalar_t* weight, int64_t k, int64_t n, acc_t* out)
 struct CpuBackend {
   static std::tuple<at::Tensor, at::Tensor> activate_and_reduce(at::Tensor& hidden, const at::Tensor& weight) {
     const int64_t B = hidden.size(0), k = hidden.size(1), n = weight.size(1);
-    const TileGrid grid(B, k);
+    const RowTiles tiles(B);
     const auto acc_options = hidden.options().dtype(accumulation_dtype(hidden.scalar_type()));
     // partials[t][0] holds sum_i h_il, partials[t][1] sum_i d_il^2 for row tile t.
-    at::Tensor partials = at::zeros({grid.row_tiles, 2, k}, acc_options);
+    at::Tensor partials = at::zeros({tiles.count, 2, k}, acc_options);
     at::Tensor totals = at::empty({2, k}, acc_options);
     at::Tensor row_norms = at::empty({k}, acc_options);
     at::Tensor mean_activation = at::empty({k}, hidden.options());
@@ -112,13 +112,13 @@ struct CpuBackend {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* h = hidden.const_data_ptr<scalar_t>();
       acc_t* partial = partials.mutable_data_ptr<acc_t>();
-      grid.for_each_tile([&](int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t row_tile) {
-        cpu::sigmoid_tile(hidden, hidden, r0, r1, c0, c1);
-        acc_t* h_sum = partial + row_tile * 2 * k;
-        add_activation_sums(h, h_sum, h_sum + k, r0, r1, c0, c1, k);
+      tiles.for_each([&](int64_t r0, int64_t r1, int64_t tile) {
+        cpu::sigmoid_rows(hidden, hidden, r0, r1);
+        acc_t* h_sum = partial + tile * 2 * k;
+        add_activation_sums(h, h_sum, h_sum + k, r0, r1, k);
       });
       acc_t* total = totals.data_ptr<acc_t>();
-      sum_row_tiles(partial, grid.row_tiles, 2, k, total);
+      sum_row_tiles(partial, tiles.count, 2, k, total);
       acc_t* c = row_norms.data_ptr<acc_t>();
       squared_row_norms(weight.data_ptr<scalar_t>(), k, n, c);
 
@@ -142,14 +142,14 @@ struct CpuBackend {
       bool want_column_sums,
       bool want_row_scale) {
     const int64_t B = hidden.size(0), k = hidden.size(1), n = weight.size(1);
-    const TileGrid grid(B, k);
+    const RowTiles tiles(B);
     const auto acc_options = hidden.options().dtype(accumulation_dtype(hidden.scalar_type()));
     const bool has_contractive = grad_contractive.has_value();
     want_row_scale = want_row_scale && has_contractive;
     // partials[t][0]: sum_i delta_il, partials[t][1]: sum_i d_il^2, for row tile t. The sums
     // cost nothing next to the pass's memory traffic, so they are always taken.
     const bool sums = want_column_sums || want_row_scale;
-    at::Tensor partials = at::zeros({grid.row_tiles, 2, k}, acc_options);
+    at::Tensor partials = at::zeros({tiles.count, 2, k}, acc_options);
     at::Tensor totals = at::empty({2, k}, acc_options);
     at::Tensor delta = at::empty_like(hidden);
     at::Tensor grad_bias, row_scale;
@@ -178,19 +178,19 @@ struct CpuBackend {
       const scalar_t* h = hidden.const_data_ptr<scalar_t>();
       scalar_t* out = delta.mutable_data_ptr<scalar_t>();
       acc_t* partial = partials.mutable_data_ptr<acc_t>();
-      grid.for_each_tile([&](int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t row_tile) {
-        acc_t* delta_sum = partial + row_tile * 2 * k;
+      tiles.for_each([&](int64_t r0, int64_t r1, int64_t tile) {
+        acc_t* delta_sum = partial + tile * 2 * k;
         if (grad_hidden.has_value()) {
           delta_rows<true>(h, grad_hidden->const_data_ptr<scalar_t>(), rho_term, coef, out, delta_sum, delta_sum + k,
-                           r0, r1, c0, c1, k);
+                           r0, r1, k);
         } else {
           delta_rows<false>(h, static_cast<const scalar_t*>(nullptr), rho_term, coef, out, delta_sum, delta_sum + k,
-                            r0, r1, c0, c1, k);
+                            r0, r1, k);
         }
       });
       if (sums) {
         acc_t* total = totals.data_ptr<acc_t>();
-        sum_row_tiles(partial, grid.row_tiles, 2, k, total);
+        sum_row_tiles(partial, tiles.count, 2, k, total);
         if (want_column_sums) {
           scalar_t* bias_grad = grad_bias.data_ptr<scalar_t>();
           for (int64_t l = 0; l < k; ++l) bias_grad[l] = static_cast<scalar_t>(total[l]);

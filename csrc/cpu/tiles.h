@@ -1,9 +1,10 @@
 // Tiling shared by the CPU kernels.
 //
-// Reductions over the batch are split into fixed tiles of kRowsPerTile rows by
-// kColumnsPerTile columns. Each tile writes its own partial sums and the partials are added
-// in tile order afterwards, so results are bitwise reproducible whatever the number of
-// threads, and the tiles are independent work items for at::parallel_for.
+// The passes over a (B, m) tensor split its rows into fixed tiles of kRowsPerTile whole
+// rows: contiguous memory that the prefetchers stream, and independent work items for
+// at::parallel_for. Reductions over the batch write one partial sum per tile and column, and
+// the partials are added in tile order afterwards, so results are bitwise reproducible
+// whatever the number of threads.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,31 +30,22 @@ namespace pyae {
 namespace cpu {
 
 constexpr int64_t kRowsPerTile = 64;
-constexpr int64_t kColumnsPerTile = 512;
 
-struct TileGrid {
-  int64_t rows, columns, row_tiles, column_tiles;
-  TileGrid(int64_t rows, int64_t columns)
-      : rows(rows),
-        columns(columns),
-        row_tiles((rows + kRowsPerTile - 1) / kRowsPerTile),
-        column_tiles((columns + kColumnsPerTile - 1) / kColumnsPerTile) {}
-  int64_t tiles() const { return row_tiles * column_tiles; }
+struct RowTiles {
+  int64_t rows, count;
+  explicit RowTiles(int64_t rows) : rows(rows), count((rows + kRowsPerTile - 1) / kRowsPerTile) {}
 
-  // Calls body(row_begin, row_end, column_begin, column_end, row_tile) for every tile, in
-  // parallel. The caller's thread-local state (inference mode, dispatch keys) goes with each
-  // worker, since bodies call ATen (sigmoid_tile).
+  // Calls body(row_begin, row_end, tile) for every tile, in parallel. The caller's
+  // thread-local state (inference mode, dispatch keys) goes with each worker, since bodies
+  // call ATen (sigmoid_rows).
   template <typename Body>
-  void for_each_tile(const Body& body) const {
+  void for_each(const Body& body) const {
     const at::ThreadLocalState caller_state;
-    at::parallel_for(0, tiles(), 1, [&](int64_t first, int64_t last) {
+    at::parallel_for(0, count, 1, [&](int64_t first, int64_t last) {
       const at::ThreadLocalStateGuard state_guard(caller_state);
       for (int64_t tile = first; tile < last; ++tile) {
-        const int64_t row_tile = tile / column_tiles;
-        const int64_t column_begin = (tile % column_tiles) * kColumnsPerTile;
-        const int64_t row_begin = row_tile * kRowsPerTile;
-        body(row_begin, std::min(row_begin + kRowsPerTile, rows), column_begin,
-             std::min(column_begin + kColumnsPerTile, columns), row_tile);
+        const int64_t row_begin = tile * kRowsPerTile;
+        body(row_begin, std::min(row_begin + kRowsPerTile, rows), tile);
       }
     });
   }
@@ -73,18 +65,17 @@ void sum_row_tiles(const acc_t* partials, int64_t row_tiles, int64_t count, int6
   });
 }
 
-// output = sigmoid(input) on the tile [r0, r1) x [c0, c1) of two (B, m) contiguous tensors
-// (output may be input: in place), called from a for_each_tile body.
+// output = sigmoid(input) on rows [r0, r1) of two (B, m) contiguous tensors (output may be
+// input: in place), called from a RowTiles::for_each body.
 //
 // ATen's sigmoid is vectorized for the CPU at hand, with a vector loop and a scalar tail that
 // can differ in the last bit. Inside a parallel region it runs serially on the tile, so
-// where its tails fall depends on the tile grid, a function of the shape alone: results stay
+// where its tails fall depends on the tiles, a function of the shape alone: results stay
 // bitwise the same whatever the number of threads. The tile is then hot in cache for the
 // pass that follows.
-inline void sigmoid_tile(const at::Tensor& input, const at::Tensor& output, int64_t r0, int64_t r1, int64_t c0,
-                         int64_t c1) {
-  at::Tensor out = output.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0);
-  at::sigmoid_out(out, input.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0));
+inline void sigmoid_rows(const at::Tensor& input, const at::Tensor& output, int64_t r0, int64_t r1) {
+  at::Tensor out = output.narrow(0, r0, r1 - r0);
+  at::sigmoid_out(out, input.narrow(0, r0, r1 - r0));
 }
 
 // float for float/half/bfloat16, double for double: the type partial sums are kept in.
