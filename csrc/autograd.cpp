@@ -1,6 +1,6 @@
 // Autograd for pyae's forward operators, for every device: each backward is itself an
 // operator (sigmoid_encoder_backward, sigmoid_reconstruction_loss_backward,
-// kl_sparsity_backward, weight_decay_backward), called through
+// kl_sparsity_backward, weight_decay_backward; mask_noise is its own backward), called through
 // the dispatcher, so torch.compile traces it into the backward graph like any aten op.
 //
 // Why C++ rather than torch.library.register_autograd: at MNIST sizes on a GPU a training
@@ -10,7 +10,7 @@
 //
 // Only the inputs and the outputs the kernels read are saved: x, weight and hidden for the
 // encoder; the reconstruction and the target for the decoder's loss; the mean activations
-// for the sparsity penalty; the weights for weight decay. Outputs that did not
+// for the sparsity penalty; the weights for weight decay; the seed for the masking noise. Outputs that did not
 // reach the loss get undefined gradients (set_materialize_grads(false)), and the backward
 // kernels skip their terms instead of reading zeros.
 
@@ -121,6 +121,31 @@ class KlSparsityFunction : public torch::autograd::Function<KlSparsityFunction> 
   }
 };
 
+class MaskNoiseFunction : public torch::autograd::Function<MaskNoiseFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, double q, const at::Tensor& seed) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({seed});
+    ctx->saved_data["q"] = q;
+    return mask_noise_op().call(x, q, seed);
+  }
+
+  // The mask is a function of the seed and the index alone: the gradient is the incoming
+  // gradient through the same mask, the same operator again.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {mask_noise_op().call(grads[0], ctx->saved_data["q"].toDouble(), saved[0]), at::Tensor(), at::Tensor()};
+  }
+
+ private:
+  static const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, double, const at::Tensor&)>& mask_noise_op() {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("pyae::mask_noise", "")
+                               .typed<at::Tensor(const at::Tensor&, double, const at::Tensor&)>();
+    return op;
+  }
+};
+
 class WeightDecayFunction : public torch::autograd::Function<WeightDecayFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, at::TensorList weights) {
@@ -161,6 +186,10 @@ at::Tensor kl_sparsity_autograd(const at::Tensor& mean_activation, double target
   return KlSparsityFunction::apply(mean_activation, target);
 }
 
+at::Tensor mask_noise_autograd(const at::Tensor& x, double q, const at::Tensor& seed) {
+  return MaskNoiseFunction::apply(x, q, seed);
+}
+
 at::Tensor weight_decay_autograd(at::TensorList weights) {
   return WeightDecayFunction::apply(weights);
 }
@@ -171,6 +200,7 @@ TORCH_LIBRARY_IMPL(pyae, Autograd, m) {
   m.impl("sigmoid_encoder", &sigmoid_encoder_autograd);
   m.impl("sigmoid_reconstruction_loss", &sigmoid_reconstruction_loss_autograd);
   m.impl("kl_sparsity", &kl_sparsity_autograd);
+  m.impl("mask_noise", &mask_noise_autograd);
   m.impl("weight_decay", &weight_decay_autograd);
 }
 

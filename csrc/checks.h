@@ -114,6 +114,16 @@ inline void check_kl_sparsity_backward_inputs(const at::Tensor& grad, const at::
   TORCH_CHECK_VALUE(grad.numel() == 1, "pyae: grad must be a scalar, got shape ", grad.sizes());
 }
 
+inline void check_mask_noise_inputs(const at::Tensor& x, double q, const at::Tensor& seed) {
+  check_floating(x, "x");
+  TORCH_CHECK_VALUE(q >= 0.0 && q <= 1.0, "pyae: q must lie in [0, 1], got ", q);
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong, "pyae: seed must be an int64 tensor, got ", seed.scalar_type());
+  TORCH_CHECK_VALUE(seed.numel() == 1, "pyae: seed must hold one value, got shape ", seed.sizes());
+  TORCH_CHECK_VALUE(
+      seed.device() == x.device(), "pyae: seed is on ", seed.device(), " but x is on ", x.device(),
+      "; they must be on the same device");
+}
+
 inline void check_weight_decay_inputs(at::TensorList weights) {
   TORCH_CHECK_VALUE(!weights.empty(), "pyae: weight_decay needs at least one weight tensor");
   for (size_t i = 0; i < weights.size(); ++i) {

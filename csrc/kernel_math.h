@@ -9,6 +9,7 @@
 #include <c10/util/Half.h>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 namespace pyae {
@@ -69,6 +70,41 @@ C10_HOST_DEVICE inline acc_t sigmoid_loss_logit_grad(
   const acc_t error = xhat - x;
   const acc_t dloss = cross_entropy ? error : acc_t(2) * error * s;
   return grad_reconstruction * s + loss_scale * dloss;
+}
+
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11; the
+// generator behind curand and torch's at::philox_engine): the four output words for the key
+// `seed` and the counter {0, 0, subsequence}, the words at::philox_engine(seed, subsequence, 0)
+// returns on its first four calls. A pure function of its arguments, with no branches, so a
+// loop over subsequences vectorizes and every device and thread draws the same words.
+struct PhiloxWords {
+  uint32_t word[4];
+};
+
+C10_HOST_DEVICE inline PhiloxWords philox4x32(uint64_t seed, uint64_t subsequence) {
+  uint32_t c0 = 0, c1 = 0, c2 = static_cast<uint32_t>(subsequence), c3 = static_cast<uint32_t>(subsequence >> 32);
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0;
+    const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
+    const uint32_t next0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0;
+    const uint32_t next2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
+    c1 = static_cast<uint32_t>(p1);
+    c3 = static_cast<uint32_t>(p0);
+    c0 = next0;
+    c2 = next2;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return {{c0, c1, c2, c3}};
+}
+
+// Masking noise keeps element e when the first Philox word of subsequence e is at least this
+// threshold, q * 2^32, so that it is dropped with probability q (0 keeps all, 1 drops all).
+// (One block per element and three words unused: a loop over elements vectorizes, and it
+// measured faster on a CPU than spreading each block's four words over four elements.)
+inline uint64_t mask_noise_threshold(double q) {
+  return static_cast<uint64_t>(std::llround(q * 4294967296.0));
 }
 
 // The Bernoulli KL sparsity penalty of one hidden unit, KL(rho || rho_hat), and its

@@ -61,6 +61,13 @@ TORCH_LIBRARY(pyae, m) {
   // Its backward: grad * (-target / rho + (1 - target) / (1 - rho)) inside the interval.
   m.def("kl_sparsity_backward(Tensor grad, Tensor mean_activation, float target) -> Tensor grad_mean_activation");
 
+  // Masking noise, the denoising autoencoder's corruption: each element of x is set to 0 with
+  // probability q, independently, by a Philox4x32-10 word per element (kernel_math.h) drawn
+  // from the int64 scalar seed (a tensor on x's device, read there: no host synchronization)
+  // and the element's row-major index. One pass, the same mask on every device and thread
+  // count; the backward is the same operator applied to the gradient (same seed, same mask).
+  m.def("mask_noise(Tensor x, float q, Tensor seed) -> Tensor");
+
   // Weight decay: (1/2) sum over the given weight matrices of ||W||^2 (never biases), whose
   // gradient is exactly W (times the upstream gradient). One read of each weight forward and
   // one pass backward: torch ops' pow(2).sum() or dot(w, w) make weight-sized temporaries and

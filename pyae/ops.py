@@ -47,6 +47,7 @@ __all__ = [
     "kl_sparsity_backward",
     "weight_decay",
     "weight_decay_backward",
+    "mask_noise",
     "has_cuda_kernels",
 ]
 
@@ -172,6 +173,14 @@ def kl_sparsity_backward(grad: Tensor, mean_activation: Tensor, target: float) -
     return torch.ops.pyae.kl_sparsity_backward.default(grad, mean_activation, target)
 
 
+def mask_noise(x: Tensor, q: float, seed: Tensor) -> Tensor:
+    """``x`` with each element set to 0 with probability ``q``: one Philox4x32-10 word per
+    element from ``seed`` (an int64 scalar tensor on ``x``'s device) and the element's
+    row-major index, so a seed gives the same mask on every device and thread count; see
+    :func:`pyae.functional.mask_noise`, which draws the seed from a ``torch.Generator``."""
+    return torch.ops.pyae.mask_noise.default(x, q, seed)
+
+
 def weight_decay(weights: Sequence[Tensor]) -> Tensor:
     """``(1/2) * sum ||W||^2`` over ``weights`` (one dtype and device), gradient ``W`` each;
     see :func:`pyae.functional.weight_decay`, the checked public entry point."""
@@ -289,3 +298,11 @@ def _weight_decay_fake(weights):
 def _weight_decay_backward_fake(grad, weights):
     _check_weight_decay_arguments(weights)
     return [torch.empty_like(weight, memory_format=torch.contiguous_format) for weight in weights]
+
+
+@torch.library.register_fake("pyae::mask_noise")
+def _mask_noise_fake(x: Tensor, q: float, seed: Tensor):
+    torch._check_type(x.dtype.is_floating_point, lambda: f"pyae: x must be a floating-point tensor, got {x.dtype}")
+    torch._check_value(0.0 <= q <= 1.0, lambda: f"pyae: q must lie in [0, 1], got {q}")
+    torch._check_type(seed.dtype == torch.int64, lambda: f"pyae: seed must be an int64 tensor, got {seed.dtype}")
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
