@@ -50,6 +50,7 @@ _DEST_TO_FIELD = {
     "seed": "seed",
     "dtype": "dtype",
     "device": "device",
+    "cuda_graph": "cuda_graph",
 }
 
 # TrainConfig field -> the option that sets it (used to word error messages).
@@ -72,6 +73,7 @@ _OPTION_OF = {
     "seed": "--seed",
     "device": "--device",
     "dtype": "--dtype",
+    "cuda_graph": "--cuda-graph",
 }
 
 
@@ -205,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"parameter and data dtype (default {defaults.dtype})")
     optim.add_argument("--device", default=argparse.SUPPRESS, metavar="{auto,cpu,cuda}",
                        help="where to train: auto (a GPU if there is one), cpu, cuda or cuda:N (default auto)")
+    optim.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                       help="run each step as one CUDA graph replay (CUDA only, one process; default off)")
     train.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
     train.add_argument("--quiet", action="store_true", help="no progress output")
@@ -323,7 +327,7 @@ def _cmd_train(args) -> int:
                         f"{stored_data.get(key)!r}; a resumed run trains on the same data"
                     )
                 data_settings[key] = stored_data.get(key)
-        changes = {k: options[k] for k in ("epochs", "device") if k in options}
+        changes = {k: options[k] for k in ("epochs", "device", "cuda_graph") if k in options}
         try:
             config = stored.replace(**changes)
         except (TypeError, ValueError) as err:
@@ -347,6 +351,10 @@ def _cmd_train(args) -> int:
         device = resolve_device(config.device)
     except ValueError as err:
         raise CLIError(f"argument --device: {err}") from err
+    if config.cuda_graph and device.type != "cuda":
+        raise CLIError(f"argument --cuda-graph: needs a CUDA device, and this run trains on {device}")
+    if config.cuda_graph and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        raise CLIError("argument --cuda-graph: trains in one process; under torchrun leave it off")
     distributed = _start_distributed(device)
     if distributed is not None:
         device, config = distributed, config.replace(device=str(distributed))

@@ -9,7 +9,7 @@ gradient and the foreach optimizer update) costs one graph launch.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -18,10 +18,10 @@ __all__ = ["TrainStep"]
 
 
 class _CapturedStep:
-    """The step for one input shape: a static input buffer, the graph, the static loss."""
+    """The step for one input shape: a static input buffer, the graph, its static output."""
 
-    def __init__(self, graph: torch.cuda.CUDAGraph, static_input: Tensor, static_loss: Tensor) -> None:
-        self.graph, self.static_input, self.static_loss = graph, static_input, static_loss
+    def __init__(self, graph: torch.cuda.CUDAGraph, static_input: Tensor, static_output: Any) -> None:
+        self.graph, self.static_input, self.static_output = graph, static_input, static_output
 
 
 class TrainStep:
@@ -39,23 +39,29 @@ class TrainStep:
     check the data once up front), an optimizer that is graph-safe (SGD, or Adam/AdamW
     constructed with ``capturable=True``), hyperparameters that stay fixed after capture (a
     learning-rate scheduler's later changes are not seen by the replayed graph), and the
-    model's default random generator for its corruption noise (its state advances on every
-    replay, so the noise differs from step to step as in eager mode).
+    model's default random generator or ``generator`` for its corruption noise (registered
+    with each graph, so its state advances on every replay and the noise differs from step to
+    step as in eager mode).
 
     Args:
         model: a :class:`pyae.Autoencoder` (anything whose ``forward(x)`` returns an object
-            with a scalar ``.loss``).
+            with a scalar ``.loss``; with ``generator``, ``forward(x, generator=...)``).
         optimizer: the optimizer over the model's parameters.
         capture: ``True``, ``False`` or ``"auto"`` (capture when the model is on a CUDA device).
         warmup_steps: eager steps per input shape before capture (at least 1).
+        generator: a ``torch.Generator`` on the model's device for the corruption noise, or
+            None for the default one.
 
     Calling the step returns the loss of that step as a fresh, detached tensor on the
     model's device (reading it with ``.item()`` synchronizes; accumulate on the device and
-    read once per epoch to keep the GPU busy).
+    read once per epoch to keep the GPU busy). :attr:`last_output` is the whole output of
+    that step (the model's ``forward`` result); with capture its tensors are the graph's
+    static outputs, overwritten by the next call of the same shape: copy what you keep.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *,
-                 capture: Union[bool, str] = "auto", warmup_steps: int = 3) -> None:
+                 capture: Union[bool, str] = "auto", warmup_steps: int = 3,
+                 generator: Optional[torch.Generator] = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -64,6 +70,8 @@ class TrainStep:
             raise ValueError(f"capture must be True, False or 'auto'; got {capture!r}")
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
             raise ValueError(f"warmup_steps must be an int >= 1, got {warmup_steps!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         parameter = next(model.parameters(), None)
         on_cuda = parameter is not None and parameter.device.type == "cuda"
         if capture == "auto":
@@ -77,16 +85,22 @@ class TrainStep:
                     "(Adam, AdamW, ...) or use capture=False"
                 )
         self.model, self.optimizer, self.capture, self.warmup_steps = model, optimizer, bool(capture), warmup_steps
+        self.generator = generator
+        self.last_output: Any = None
         self._captured: Dict[Tuple, _CapturedStep] = {}
         self._warmups: Dict[Tuple, int] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.capture else None
 
+    def _forward(self, x: Tensor):
+        return self.model(x) if self.generator is None else self.model(x, generator=self.generator)
+
     def _eager_step(self, x: Tensor) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.model(x).loss
-        loss.backward()
+        output = self._forward(x)
+        output.loss.backward()
         self.optimizer.step()
-        return loss.detach()
+        self.last_output = output
+        return output.loss.detach()
 
     def __call__(self, x: Tensor) -> Tensor:
         if not self.capture:
@@ -101,10 +115,11 @@ class TrainStep:
                 self._warmups[key] = done + 1
                 return self._warmup(x)
             captured = self._captured[key] = self._capture(x)  # also runs this step
-            return captured.static_loss.clone()
-        captured.static_input.copy_(x)
-        captured.graph.replay()
-        return captured.static_loss.clone()
+        else:
+            captured.static_input.copy_(x)
+            captured.graph.replay()
+        self.last_output = captured.static_output
+        return captured.static_output.loss.detach().clone()
 
     def _warmup(self, x: Tensor) -> Tensor:
         # Warm-up runs on a side stream, as torch.cuda.graphs asks, so that lazily created
@@ -119,15 +134,17 @@ class TrainStep:
     def _capture(self, x: Tensor) -> _CapturedStep:
         static_input = x.detach().clone()
         graph = torch.cuda.CUDAGraph()
+        if self.generator is not None:
+            # Replays then advance the generator's offset as eager steps would.
+            graph.register_generator_state(self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph, pool=self._pool):
-            loss = self.model(static_input).loss
-            loss.backward()
+            static_output = self._forward(static_input)
+            static_output.loss.backward()
             self.optimizer.step()
-            static_loss = loss.detach()
         # The capture recorded the step without running it; run it once for this input.
         graph.replay()
-        return _CapturedStep(graph, static_input, static_loss)
+        return _CapturedStep(graph, static_input, static_output)
 
 
 def _optimizer_is_capturable(optimizer: torch.optim.Optimizer) -> bool:

@@ -37,6 +37,7 @@ from torch import Tensor
 
 import pyae
 from pyae.modules import Autoencoder, AutoencoderOutput
+from pyae.step import TrainStep
 
 __all__ = [
     "TrainConfig",
@@ -81,8 +82,8 @@ _MODEL_FIELDS = (
 # independent of the shuffling one.
 _NOISE_SEED_OFFSET = 0x9E3779B97F4A7C15
 
-# Fields a resumed run may change: how long it runs and where, not what it computes.
-_RESUMABLE_CHANGES = ("epochs", "device")
+# Fields a resumed run may change: how long it runs and where and how, not what it computes.
+_RESUMABLE_CHANGES = ("epochs", "device", "cuda_graph")
 
 
 # ----------------------------------------------------------------------------- config
@@ -142,6 +143,9 @@ class TrainConfig:
         seed: seeds the initialization, the shuffling and the corruption noise (>= 0).
         device: ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         dtype: ``"float32"``, ``"float64"``, ``"bfloat16"`` or ``"float16"``.
+        cuda_graph: run each training step as one CUDA graph replay (:class:`pyae.TrainStep`):
+            forward, backward and the optimizer's update captured once per batch shape. CUDA
+            only, one process; Adam is then built with ``capturable=True``.
 
     Raises:
         TypeError, ValueError: naming the offending field.
@@ -167,6 +171,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         self.n_hidden = _check_int(self.n_hidden, "n_hidden", 1)
@@ -184,6 +189,10 @@ class TrainConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))}; got {self.dtype!r}")
         self.device = _check_device_spec(self.device)
+        if not isinstance(self.cuda_graph, bool):
+            raise TypeError(f"cuda_graph must be a bool, got {type(self.cuda_graph).__name__}")
+        if self.cuda_graph and self.device == "cpu":
+            raise ValueError("cuda_graph=True needs a CUDA device (device='cuda' or 'auto' on a machine with a GPU)")
         # The model's own checks, on the meta device: one source of truth for the model
         # options' rules, and no memory is allocated. Its messages name the keyword.
         model = Autoencoder(1, self.n_hidden, device="meta", **self.model_kwargs())
@@ -271,7 +280,8 @@ def build_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
     lecture's ``lambda * W`` on weight matrices only), never in the optimizer."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum)
-    return torch.optim.Adam(parameters, lr=config.lr)
+    # A captured step needs Adam's step counter on the device.
+    return torch.optim.Adam(parameters, lr=config.lr, capturable=config.cuda_graph)
 
 
 # ------------------------------------------------------------------------ checkpoints
@@ -642,8 +652,9 @@ def train(
         progress: show a tqdm bar (plain per-epoch lines on stderr without tqdm); False: silent.
         callback: ``callback(epoch, step, output)`` after every optimizer step, ``epoch``
             counting from 1, ``step`` from 0 within the epoch, ``output`` the step's
-            :class:`pyae.AutoencoderOutput`. An exception it raises stops training (the
-            epoch in progress is lost, the last checkpoint stays as it was).
+            :class:`pyae.AutoencoderOutput` (with ``config.cuda_graph`` its tensors are the
+            graph's static outputs, overwritten by the next step). An exception it raises
+            stops training (the epoch in progress is lost, the last checkpoint stays as it was).
         extra: plain data stored in every checkpoint (e.g. where ``images`` came from).
 
     Under ``torch.distributed`` (e.g. ``torchrun``, with the process group initialized), each
@@ -675,6 +686,8 @@ def train(
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     _check_images(images, config)
     device = resolve_device(config.device)
+    if config.cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device; device={config.device!r} resolved to {device}")
     n_examples, n_inputs = images.shape
 
     checkpoint = None
@@ -697,6 +710,8 @@ def train(
     model = build_model(config, n_inputs, device=device)
     optimizer = build_optimizer(config, model.parameters())
     ranks = _ranks()
+    if config.cuda_graph and ranks is not None:
+        raise ValueError("cuda_graph=True trains in one process; under torch.distributed leave it off")
     trainer = model
     if ranks is not None:
         import torch.distributed as dist
@@ -727,6 +742,8 @@ def train(
         if extra is None:
             extra = checkpoint.extra
 
+    # With cuda_graph, each step (forward, backward, update) is one graph replay per batch shape.
+    captured_step = TrainStep(model, optimizer, capture=True, generator=noise_generator) if config.cuda_graph else None
     steps_per_epoch = math.ceil(n_examples / config.batch_size)
     remaining = max(config.epochs - start_epoch, 0)
     bar = _Progress(progress and writes, config.epochs * steps_per_epoch, start_epoch * steps_per_epoch, config.epochs)
@@ -751,10 +768,14 @@ def train(
                     global_size = batch.shape[0]
                     batch = batch.tensor_split(ranks.world)[ranks.rank]
                     share = batch.shape[0] * ranks.world / global_size
-                output = trainer(batch, generator=noise_generator)
-                optimizer.zero_grad(set_to_none=True)
-                (output.loss if ranks is None else _rank_loss(output, model, share)).backward()
-                optimizer.step()
+                if captured_step is not None:
+                    captured_step(batch)
+                    output = captured_step.last_output
+                else:
+                    output = trainer(batch, generator=noise_generator)
+                    optimizer.zero_grad(set_to_none=True)
+                    (output.loss if ranks is None else _rank_loss(output, model, share)).backward()
+                    optimizer.step()
                 with torch.no_grad():
                     values = torch.stack([output.loss.detach(), *(t.detach() for t in output.terms.values())])
                     if sums is None:

@@ -133,6 +133,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, capsys, mo
         (["train", "--out", "{tmp}/a", "--loss", "cross_entropy", "--decoder", "linear"], ["--loss", "sigmoid"]),
         (["train", "--out", "{tmp}/a", "--momentum", "1"], ["--momentum"]),
         (["train", "--out", "{tmp}/a", "--device", "tpu"], ["--device", "tpu"]),
+        (["train", "--out", "{tmp}/a", "--device", "cpu", "--cuda-graph"], ["--cuda-graph", "CUDA device"]),
         (["train", "--out", "{tmp}/a", "--data", "{tmp}/no-such-dir"], ["--data", "not a directory"]),
         (["train", "--out", "{tmp}/a", "--data", "{tmp}"], ["not found", "train-images-idx3-ubyte"]),
         (["train", "--out", "{tmp}/a", "--resume"], ["no checkpoint", "without --resume"]),

@@ -67,3 +67,40 @@ def test_captured_step_matches_eager_step(optimizer_name):
 
     with pytest.raises(ValueError, match="capturable=True"):
         pyae.TrainStep(graph_model, torch.optim.Adam(graph_model.parameters()), capture=True)
+
+
+def make_denoising_model(device="cpu", seed=0):
+    torch.manual_seed(seed)
+    return pyae.Autoencoder(20, 8, loss="cross_entropy", noise="mask", noise_level=0.3, contractive_weight=0.1,
+                            device=device)
+
+
+def test_generator_drives_the_noise_and_last_output_is_the_step():
+    models = [make_denoising_model(), make_denoising_model()]
+    steps = [pyae.TrainStep(m, torch.optim.SGD(m.parameters(), lr=0.1),
+                            generator=torch.Generator().manual_seed(5)) for m in models]
+    x = torch.rand(6, 20)
+    losses = [[step(x) for _ in range(3)] for step in steps]
+    for first, second in zip(*losses):
+        assert torch.equal(first, second)  # the same generator seed: the same noise and steps
+    assert not torch.equal(losses[0][0], losses[0][1])  # fresh noise every step
+    output = steps[0].last_output
+    assert isinstance(output, pyae.AutoencoderOutput) and torch.equal(output.loss.detach(), losses[0][-1])
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        pyae.TrainStep(models[0], torch.optim.SGD(models[0].parameters(), lr=0.1), generator=3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not pyae.has_cuda_kernels(), reason="needs a CUDA GPU")
+def test_captured_step_with_a_generator_matches_eager_noise():
+    # Registered with the graph, the generator advances on every replay exactly as eager
+    # steps advance it: the same masks, the same updates.
+    eager_model, graph_model = make_denoising_model("cuda"), make_denoising_model("cuda")
+    eager = pyae.TrainStep(eager_model, torch.optim.SGD(eager_model.parameters(), lr=0.05), capture=False,
+                           generator=torch.Generator(device="cuda").manual_seed(3))
+    captured = pyae.TrainStep(graph_model, torch.optim.SGD(graph_model.parameters(), lr=0.05), capture=True,
+                              warmup_steps=1, generator=torch.Generator(device="cuda").manual_seed(3))
+    x = torch.rand(16, 20, device="cuda")
+    for _ in range(5):
+        torch.testing.assert_close(captured(x), eager(x))
+    for got, wanted in zip(graph_model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(got, wanted)

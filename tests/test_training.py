@@ -69,6 +69,7 @@ def no_temp_files(directory):
         ("sparsity_weight", -1.0, ValueError),
         ("contractive_weight", float("inf"), ValueError),
         ("tied_weights", "yes", TypeError),
+        ("cuda_graph", 1, TypeError),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value, error):
@@ -85,6 +86,33 @@ def test_config_cross_field_rules():
         TrainConfig(sparsity_weight=0.5)
     with pytest.raises(ValueError, match="cross_entropy"):
         TrainConfig(loss="cross_entropy", decoder="linear")
+
+
+def test_cuda_graph_needs_a_cuda_device(digits):
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
+        TrainConfig(cuda_graph=True, device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
+            train(tiny(device="auto", cuda_graph=True), digits, progress=False)
+    # An older checkpoint's config (no cuda_graph field) still loads, with it off.
+    stored = tiny().to_dict()
+    del stored["cuda_graph"]
+    assert TrainConfig.from_dict(stored).cuda_graph is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not pyae.has_cuda_kernels(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_cuda_graph_training_matches_eager_training(digits, optimizer):
+    # Every term and the masking noise's generator included; the last batch of each epoch is
+    # smaller (300 = 4 x 64 + 44), so two graph shapes are used.
+    config = tiny(device="cuda", batch_size=64, epochs=5, noise="mask", noise_level=0.25, weight_decay=1e-4,
+                  sparsity_target=0.1, sparsity_weight=0.1, contractive_weight=0.1, optimizer=optimizer)
+    eager_model, eager = train(config, digits, progress=False)
+    graph_model, graph = train(config.replace(cuda_graph=True), digits, progress=False)
+    for name in ("loss", "reconstruction", "weight_decay", "sparsity", "contractive"):
+        torch.testing.assert_close(graph[name], eager[name], rtol=1e-4, atol=1e-5)
+    for got, wanted in zip(graph_model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(got, wanted, rtol=1e-4, atol=1e-5)
 
 
 def test_config_round_trips_through_a_dict():
