@@ -45,11 +45,14 @@ tests_status=$?
 tail -n 3 "$out/tests.log" | sed 's/^/    /' >> "$summary"
 
 # The benchmarks, in stages that each print their own table: the peers that need no compiler
-# first, then the torch.compile peers (tens of seconds to compile each), then bfloat16 and the
-# large size. Budget: about 12 minutes in all, so that it fits a 15-minute lease.
+# first, then the training loop (eager against --cuda-graph), then the torch.compile peers
+# (tens of seconds to compile each), then bfloat16 and the large size. Budget: about 12
+# minutes in all, so that it fits a 15-minute lease.
 stage bench_float32 90 $python benchmarks/bench_step.py --device cuda --dtype float32 \
   --sizes 256x784x1000 4096x784x1000 --peers gemm plain eager graph jacrev pyae pyae_all pyae_graph \
   --json "$out/bench_float32.json"
+stage bench_train 60 $python benchmarks/bench_train.py --device cuda --batch-sizes 256 4096 \
+  --json "$out/bench_train.json"
 stage bench_compiled 240 $python benchmarks/bench_step.py --device cuda --dtype float32 \
   --sizes 256x784x1000 4096x784x1000 --peers plain compiled compiled_ro pyae_compiled pyae_compiled_ro \
   --json "$out/bench_compiled.json"
@@ -57,7 +60,7 @@ stage bench_bfloat16 90 $python benchmarks/bench_step.py --device cuda --dtype b
   --sizes 256x784x1000 4096x784x1000 --peers gemm plain eager graph pyae pyae_all pyae_graph --json "$out/bench_bfloat16.json"
 stage bench_large 90 $python benchmarks/bench_step.py --device cuda --dtype float32 bfloat16 \
   --sizes 16384x4096x4096 --peers gemm plain eager pyae pyae_graph --warmup 5 --repeat 20 --json "$out/bench_large.json"
-for log in bench_float32 bench_compiled bench_bfloat16 bench_large; do
+for log in bench_float32 bench_train bench_compiled bench_bfloat16 bench_large; do
   { echo; echo "## $log"; echo; grep '^|\|^device' "$out/$log.log"; } >> "$summary"
 done
 cat "$summary"

@@ -1,0 +1,72 @@
+"""The training loop itself: ``pyae.training.train`` (what ``pyae train`` runs) per step,
+eager and with ``cuda_graph`` (each step one CUDA graph replay), on the embedded MNIST digits.
+
+Issue #6's goal 3 is about the loop, not only the step: this measures the whole of it
+(batch slicing from the device-resident data, the step, the running sums of every loss
+term), as milliseconds per step from the epochs' wall-clock times. The first epochs warm up
+(and capture one graph per batch shape); the median is taken over the later ones.
+
+    python benchmarks/bench_train.py --device cuda --batch-sizes 256 4096
+    python benchmarks/bench_train.py --device cpu --batch-sizes 256 --epochs 3   # eager only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import torch
+
+import pyae
+from pyae.data import load_mnist
+from pyae.training import TrainConfig, train
+
+
+def measure(images, batch_size, device, cuda_graph, epochs, warm_epochs):
+    config = TrainConfig(n_hidden=1000, loss="cross_entropy", contractive_weight=0.1, sparsity_target=0.05,
+                         sparsity_weight=0.1, batch_size=batch_size, epochs=epochs, device=device,
+                         cuda_graph=cuda_graph, seed=0)
+    _, history = train(config, images, progress=False)
+    steps = -(-images.shape[0] // batch_size)
+    seconds = history["seconds"][warm_epochs:]
+    return dict(batch_size=batch_size, mode="cuda_graph" if cuda_graph else "eager", steps_per_epoch=steps,
+                ms_per_step=statistics.median(seconds) / steps * 1e3, epoch_seconds=history["seconds"],
+                final_loss=history["loss"][-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 4096])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--warm-epochs", type=int, default=3, help="epochs left out of the median")
+    parser.add_argument("--copies", type=int, default=4, help="the 5,000 digits repeated this many times")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.warm_epochs >= args.epochs:
+        parser.error("--warm-epochs must be smaller than --epochs")
+    images, _ = load_mnist()
+    images = images.repeat(args.copies, 1)
+    modes = [False, True] if args.device.startswith("cuda") else [False]
+    rows = [measure(images, b, args.device, mode, args.epochs, args.warm_epochs)
+            for b in args.batch_sizes for mode in modes]
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"device: {name}; torch {torch.__version__}; {images.shape[0]} examples, 784-1000-784, "
+          "cross-entropy + contractive + KL, SGD")
+    print()
+    print("| batch | loop | ms per step | x eager | final loss |")
+    print("| ---: | --- | ---: | ---: | ---: |")
+    for row in rows:
+        eager = next(r for r in rows if r["batch_size"] == row["batch_size"] and r["mode"] == "eager")
+        print(f"| {row['batch_size']} | {row['mode']} | {row['ms_per_step']:.3f} | "
+              f"{row['ms_per_step'] / eager['ms_per_step']:.2f} | {row['final_loss']:.3f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=name, torch=torch.__version__, pyae=pyae.__version__, rows=rows), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
