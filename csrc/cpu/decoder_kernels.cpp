@@ -82,9 +82,9 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_cpu(
   const int64_t B = logits.size(0), n = logits.size(1);
   const RowTiles tiles(B);
   const auto acc_options = logits.options().dtype(accumulation_dtype(logits.scalar_type()));
-  // partials[t][j]: the loss summed over the rows of row tile t, for feature j.
-  at::Tensor partials = at::zeros({tiles.count, n}, acc_options);
-  at::Tensor totals = at::empty({n}, acc_options);
+  // One workspace: partials[t][j], the loss summed over the rows of row tile t for feature
+  // j, then their totals (n,).
+  at::Tensor workspace = at::empty({(tiles.count + 1) * n}, acc_options);
   at::Tensor reconstruction = at::empty_like(logits);
   at::Tensor loss = at::empty({}, logits.options());
 
@@ -95,10 +95,12 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_cpu(
     const scalar_t* z = logits.const_data_ptr<scalar_t>();
     const scalar_t* x = target.const_data_ptr<scalar_t>();
     const scalar_t* xhat = reconstruction.const_data_ptr<scalar_t>();
-    acc_t* partial = partials.mutable_data_ptr<acc_t>();
+    acc_t* partial = workspace.mutable_data_ptr<acc_t>();
+    acc_t* total = partial + tiles.count * n;
     std::atomic<bool> target_out_of_range{false};
     tiles.for_each([&](int64_t r0, int64_t r1, int64_t tile) {
       cpu::sigmoid_rows(logits, reconstruction, r0, r1);
+      std::fill(partial + tile * n, partial + (tile + 1) * n, acc_t(0));
       if (add_loss_sums(z, x, xhat, partial + tile * n, r0, r1, n, cross_entropy)) {
         target_out_of_range.store(true, std::memory_order_relaxed);
       }
@@ -108,7 +110,6 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_cpu(
       TORCH_CHECK_VALUE(false, "pyae: cross_entropy needs targets in [0, 1], got values in [", low.item<double>(),
                         ", ", high.item<double>(), "]");
     }
-    acc_t* total = totals.mutable_data_ptr<acc_t>();
     sum_row_tiles(partial, tiles.count, 1, n, total);
     acc_t sum = 0;
     for (int64_t j = 0; j < n; ++j) sum += total[j];

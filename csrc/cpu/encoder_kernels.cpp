@@ -98,10 +98,10 @@ struct CpuBackend {
     const int64_t B = hidden.size(0), k = hidden.size(1), n = weight.size(1);
     const RowTiles tiles(B);
     const auto acc_options = hidden.options().dtype(accumulation_dtype(hidden.scalar_type()));
-    // partials[t][0] holds sum_i h_il, partials[t][1] sum_i d_il^2 for row tile t.
-    at::Tensor partials = at::zeros({tiles.count, 2, k}, acc_options);
-    at::Tensor totals = at::empty({2, k}, acc_options);
-    at::Tensor row_norms = at::empty({k}, acc_options);
+    // One workspace (allocations are much of a small batch's cost): the partial sums of each
+    // row tile t, partials[t][0] = sum_i h_il and partials[t][1] = sum_i d_il^2, then their
+    // totals (2, k), then c (k,).
+    at::Tensor workspace = at::empty({(tiles.count + 1) * 2 * k + k}, acc_options);
     at::Tensor mean_activation = at::empty({k}, hidden.options());
     at::Tensor contractive = at::empty({}, hidden.options());
 
@@ -111,15 +111,16 @@ struct CpuBackend {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "pyae_sigmoid_encoder_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* h = hidden.const_data_ptr<scalar_t>();
-      acc_t* partial = partials.mutable_data_ptr<acc_t>();
+      acc_t* partial = workspace.mutable_data_ptr<acc_t>();
+      acc_t* total = partial + tiles.count * 2 * k;
+      acc_t* c = total + 2 * k;
       tiles.for_each([&](int64_t r0, int64_t r1, int64_t tile) {
         cpu::sigmoid_rows(hidden, hidden, r0, r1);
         acc_t* h_sum = partial + tile * 2 * k;
+        std::fill(h_sum, h_sum + 2 * k, acc_t(0));
         add_activation_sums(h, h_sum, h_sum + k, r0, r1, k);
       });
-      acc_t* total = totals.data_ptr<acc_t>();
       sum_row_tiles(partial, tiles.count, 2, k, total);
-      acc_t* c = row_norms.data_ptr<acc_t>();
       squared_row_norms(weight.data_ptr<scalar_t>(), k, n, c);
 
       scalar_t* mean = mean_activation.data_ptr<scalar_t>();
@@ -149,8 +150,9 @@ struct CpuBackend {
     // partials[t][0]: sum_i delta_il, partials[t][1]: sum_i d_il^2, for row tile t. The sums
     // cost nothing next to the pass's memory traffic, so they are always taken.
     const bool sums = want_column_sums || want_row_scale;
-    at::Tensor partials = at::zeros({tiles.count, 2, k}, acc_options);
-    at::Tensor totals = at::empty({2, k}, acc_options);
+    // One workspace: the row tiles' partial sums (count, 2, k) | their totals (2, k) | the
+    // per-column coefficients g_rho_l / B and g_c * (2/B) * c_l, (2, k).
+    at::Tensor workspace = at::empty({(tiles.count + 2) * 2 * k}, acc_options);
     at::Tensor delta = at::empty_like(hidden);
     at::Tensor grad_bias, row_scale;
     if (want_column_sums) grad_bias = at::empty({k}, hidden.options());
@@ -159,11 +161,11 @@ struct CpuBackend {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "pyae_sigmoid_encoder_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const acc_t inv_batch = acc_t(1) / static_cast<acc_t>(B);
-      // Per-column coefficients: g_rho_l / B and g_c * (2/B) * c_l.
-      at::Tensor activation_bias = at::zeros({k}, acc_options);
-      at::Tensor contractive_coef = at::zeros({k}, acc_options);
-      acc_t* rho_term = activation_bias.data_ptr<acc_t>();
-      acc_t* coef = contractive_coef.data_ptr<acc_t>();
+      acc_t* partial = workspace.mutable_data_ptr<acc_t>();
+      acc_t* total = partial + tiles.count * 2 * k;
+      acc_t* rho_term = total + 2 * k;
+      acc_t* coef = rho_term + k;
+      std::fill(rho_term, rho_term + 2 * k, acc_t(0));
       if (grad_mean_activation.has_value()) {
         const scalar_t* g_rho = grad_mean_activation->data_ptr<scalar_t>();
         for (int64_t l = 0; l < k; ++l) rho_term[l] = static_cast<acc_t>(g_rho[l]) * inv_batch;
@@ -177,9 +179,9 @@ struct CpuBackend {
 
       const scalar_t* h = hidden.const_data_ptr<scalar_t>();
       scalar_t* out = delta.mutable_data_ptr<scalar_t>();
-      acc_t* partial = partials.mutable_data_ptr<acc_t>();
       tiles.for_each([&](int64_t r0, int64_t r1, int64_t tile) {
         acc_t* delta_sum = partial + tile * 2 * k;
+        std::fill(delta_sum, delta_sum + 2 * k, acc_t(0));
         if (grad_hidden.has_value()) {
           delta_rows<true>(h, grad_hidden->const_data_ptr<scalar_t>(), rho_term, coef, out, delta_sum, delta_sum + k,
                            r0, r1, k);
@@ -189,7 +191,6 @@ struct CpuBackend {
         }
       });
       if (sums) {
-        acc_t* total = totals.data_ptr<acc_t>();
         sum_row_tiles(partial, tiles.count, 2, k, total);
         if (want_column_sums) {
           scalar_t* bias_grad = grad_bias.data_ptr<scalar_t>();
