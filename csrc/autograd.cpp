@@ -1,18 +1,18 @@
-// Autograd for pyae's forward operators, for every device: each backward is itself an
+// Autograd for pyae's forward operators, for every device. Each backward is itself an
 // operator (sigmoid_encoder_backward, sigmoid_reconstruction_loss_backward,
-// kl_sparsity_backward, weight_decay_backward; mask_noise is its own backward), called through
-// the dispatcher, so torch.compile traces it into the backward graph like any aten op.
+// kl_sparsity_backward, weight_decay_backward; mask_noise is its own backward), called
+// through the dispatcher, so torch.compile traces it into the backward graph like an aten op.
 //
 // Why C++ rather than torch.library.register_autograd: at MNIST sizes on a GPU a training
-// step is bound by host overhead, and a Python autograd.Function costs tens of microseconds
-// per call and per backward node (measured on the CPU: 231 us for a whole tiny
-// regularized step with Python autograd).
+// step is bound by host overhead, and a Python autograd function costs tens of microseconds
+// per call and per backward node (on the CPU a tiny regularized step took 231 us of host time
+// with the Python registration, 182 us with this file).
 //
-// Only the inputs and the outputs the kernels read are saved: x, weight and hidden for the
-// encoder; the reconstruction and the target for the decoder's loss; the mean activations
-// for the sparsity penalty; the weights for weight decay; the seed for the masking noise. Outputs that did not
-// reach the loss get undefined gradients (set_materialize_grads(false)), and the backward
-// kernels skip their terms instead of reading zeros.
+// Only what the backward kernels read is saved: x, weight and hidden for the encoder; the
+// reconstruction and the target for the decoder's loss; the mean activations for the
+// sparsity penalty; the weights for weight decay; the seed for the masking noise. Outputs
+// that did not reach the loss get undefined gradients (set_materialize_grads(false)), and
+// the backward kernels skip their terms instead of reading zeros.
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>

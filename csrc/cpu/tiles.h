@@ -19,8 +19,9 @@
 // baseline's SSE2), and the loader picks the best the CPU runs (GCC's target_clones, an
 // ifunc): an extension is built with baseline flags, which would leave these loops at a
 // quarter of the vector width ATen's own kernels use. The choice is made once per machine,
-// so results stay reproducible on it.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+// so results stay reproducible on it. (GCC 11 named the x86-64 levels; older compilers, other
+// compilers and other architectures build the baseline loops alone.)
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__)
 #define PYAE_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define PYAE_CPU_MULTIVERSION
