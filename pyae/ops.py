@@ -4,8 +4,8 @@ Loading :mod:`pyae._C` registers the ``torch.ops.pyae`` operators: the schemas i
 ``csrc/pyae.cpp``, the kernels in ``csrc/cpu`` and ``csrc/cuda``, and their autograd in
 ``csrc/autograd.cpp``, where each backward is itself an operator
 (``sigmoid_encoder_backward``, ``sigmoid_reconstruction_loss_backward``,
-``kl_sparsity_backward``, ``weight_decay_backward``) that
-``torch.compile`` traces like an aten op. Autograd is in C++ rather than in
+``kl_sparsity_backward``, ``weight_decay_backward``; ``mask_noise`` is its own backward)
+that ``torch.compile`` traces like an aten op. Autograd is in C++ rather than in
 ``torch.library.register_autograd`` because a Python autograd function costs tens of
 microseconds per call and per backward node, which at MNIST sizes on a GPU is most of a
 training step.
