@@ -132,6 +132,32 @@ def test_masking_noise_in_training_mode_only():
     torch.testing.assert_close(noisy.terms["reconstruction"], ((noisy.reconstruction - x) ** 2).sum(1).mean())
 
 
+def test_denoising_step_matches_hand_written_model_on_the_same_corruption(device):
+    # Every term on, masking noise: the loss and every gradient equal a hand-written model's
+    # evaluated on the corrupted input the step drew (the same generator seed draws it again).
+    torch.manual_seed(1)
+    model = pyae.Autoencoder(12, 7, loss="cross_entropy", noise="mask", noise_level=0.3, weight_decay=0.01,
+                             sparsity_target=0.2, sparsity_weight=0.5, contractive_weight=0.3,
+                             dtype=torch.float64, device=device)
+    x = torch.rand(9, 12, dtype=torch.float64, device=device)
+    out = model(x, generator=torch.Generator(device=device).manual_seed(4))
+    corrupted = model.corrupt(x, generator=torch.Generator(device=device).manual_seed(4))
+    assert 0 < (corrupted == 0).sum() < corrupted.numel()
+
+    W, b = model.encoder.weight, model.encoder.bias
+    h, rho_hat, contractive = reference.sigmoid_encoder(corrupted, W, b)
+    logits = F.linear(h, model.decoder.weight, model.decoder.bias)
+    reconstruction = -(x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).sum(1).mean()
+    decay = 0.5 * (W.pow(2).sum() + model.decoder.weight.pow(2).sum())
+    kl = (0.2 * torch.log(0.2 / rho_hat) + 0.8 * torch.log(0.8 / (1 - rho_hat))).sum()
+    expected = reconstruction + 0.01 * decay + 0.5 * kl + 0.3 * contractive
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.hidden, h)
+    grads = torch.autograd.grad(out.loss, list(model.parameters()))
+    for got, wanted in zip(grads, torch.autograd.grad(expected, list(model.parameters()))):
+        torch.testing.assert_close(got, wanted)
+
+
 def test_gaussian_noise_model_is_reproducible_with_generator():
     model = pyae.DenoisingAutoencoder(20, 5, noise="gaussian", noise_level=1.0)
     x = torch.rand(8, 20)
