@@ -1,9 +1,12 @@
-// Device-generic kernels: operators whose work is a few ATen calls on any device, registered
-// for CompositeExplicitAutograd (autograd in autograd.cpp, fake kernels in pyae/ops.py).
+// Device-generic kernels: operators whose work is a few ATen or pyae calls on any device,
+// registered for CompositeExplicitAutograd (autograd in autograd.cpp, fake kernels in
+// pyae/ops.py).
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <tuple>
 #include <vector>
 
 #include "checks.h"
@@ -23,6 +26,20 @@ at::Tensor weight_decay(at::TensorList weights) {
   return total.mul_(0.5);
 }
 
+// Without autograd (no_grad, inference): the two operators one after the other.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_sigmoid_encoder(
+    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, double q,
+    const at::Tensor& seed) {
+  static const auto mask_noise = c10::Dispatcher::singleton()
+                                     .findSchemaOrThrow("pyae::mask_noise", "")
+                                     .typed<at::Tensor(const at::Tensor&, double, const at::Tensor&)>();
+  static const auto encoder = c10::Dispatcher::singleton()
+                                  .findSchemaOrThrow("pyae::sigmoid_encoder", "")
+                                  .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                                      const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&)>();
+  return encoder.call(mask_noise.call(x, q, seed), weight, bias);
+}
+
 std::vector<at::Tensor> weight_decay_backward(const at::Tensor& grad, at::TensorList weights) {
   check_weight_decay_inputs(weights);
   check_same_dtype_device(grad, "grad", weights[0], "weights[0]");
@@ -39,6 +56,7 @@ std::vector<at::Tensor> weight_decay_backward(const at::Tensor& grad, at::Tensor
 TORCH_LIBRARY_IMPL(pyae, CompositeExplicitAutograd, m) {
   m.impl("weight_decay", &weight_decay);
   m.impl("weight_decay_backward", &weight_decay_backward);
+  m.impl("masked_sigmoid_encoder", &masked_sigmoid_encoder);
 }
 
 }  // namespace pyae

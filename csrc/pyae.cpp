@@ -67,6 +67,13 @@ TORCH_LIBRARY(pyae, m) {
   // and the element's row-major index. One pass, the same mask on every device and thread
   // count; the backward is the same operator applied to the gradient (same seed, same mask).
   m.def("mask_noise(Tensor x, float q, Tensor seed) -> Tensor");
+  // The sigmoid encoder of mask_noise(x, q, seed): the denoising autoencoder's corrupted
+  // encoder. Its autograd keeps x (the clean input, kept anyway) and the seed rather than the
+  // corrupted input, and recomputes the mask in the backward: a training step then keeps
+  // exactly what an uncorrupted one keeps.
+  m.def(
+      "masked_sigmoid_encoder(Tensor x, Tensor weight, Tensor? bias, float q, Tensor seed) -> "
+      "(Tensor hidden, Tensor mean_activation, Tensor contractive)");
 
   // Weight decay: (1/2) sum over the given weight matrices of ||W||^2 (never biases), whose
   // gradient is exactly W (times the upstream gradient). One read of each weight forward and

@@ -28,6 +28,7 @@ __all__ = [
     "ReconstructionOutput",
     "RECONSTRUCTION_LOSSES",
     "mask_noise",
+    "masked_sigmoid_encoder",
     "gaussian_noise",
 ]
 
@@ -201,8 +202,34 @@ def mask_noise(x: Tensor, q: float, *, generator: Optional[torch.Generator] = No
     _check_generator(generator)
     if q == 0.0:
         return x.clone()
-    seed = torch.randint(0, 2**63 - 1, (), generator=generator, device=x.device, dtype=torch.int64)
-    return _ops.mask_noise(x, q, seed)
+    return _ops.mask_noise(x, q, _draw_seed(generator, x.device))
+
+
+def _draw_seed(generator: Optional[torch.Generator], device) -> Tensor:
+    """A Philox seed for the masking noise, drawn from ``generator`` (or the default one) on
+    ``device``: an int64 scalar tensor that stays on the device."""
+    return torch.randint(0, 2**63 - 1, (), generator=generator, device=device, dtype=torch.int64)
+
+
+def masked_sigmoid_encoder(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: float, *,
+                           generator: Optional[torch.Generator] = None) -> EncoderOutput:
+    """The encoder of a masked input: ``sigmoid_encoder(mask_noise(x, q, generator=g), ...)``,
+    the same numbers for the same generator state, but the corrupted input is never kept for
+    the backward: autograd keeps the clean ``x`` and the noise's seed and recomputes the mask,
+    so a denoising step keeps no more memory than an uncorrupted one.
+
+    Args:
+        x: the clean input, ``(B, n)``.
+        weight, bias: as in :func:`sigmoid_encoder`.
+        q: the masking probability in ``[0, 1]``.
+        generator: an optional ``torch.Generator`` on ``x``'s device.
+    """
+    _check_floating_tensor(x, "x")
+    q = _check_probability(q, "q", closed=True)
+    _check_generator(generator)
+    if q == 0.0:
+        return sigmoid_encoder(x, weight, bias)
+    return _ops.masked_sigmoid_encoder(x, weight, bias, q, _draw_seed(generator, x.device))
 
 
 def gaussian_noise(x: Tensor, std: float, *, generator: Optional[torch.Generator] = None) -> Tensor:

@@ -271,8 +271,14 @@ class Autoencoder(nn.Module):
             generator: an optional ``torch.Generator`` for the corruption noise.
         """
         self._check_input(x)
-        corrupted = self.corrupt(x, generator=generator) if self.training and self.noise else x
-        encoded = PF.sigmoid_encoder(corrupted, self.encoder.weight, self.encoder.bias)
+        if self.training and self.noise == "mask":
+            # The masked encoder recomputes the mask in the backward instead of keeping the
+            # corrupted input: the same numbers as encoding self.corrupt(x), less memory.
+            encoded = PF.masked_sigmoid_encoder(x, self.encoder.weight, self.encoder.bias, self.noise_level,
+                                                generator=generator)
+        else:
+            corrupted = self.corrupt(x, generator=generator) if self.training and self.noise else x
+            encoded = PF.sigmoid_encoder(corrupted, self.encoder.weight, self.encoder.bias)
         logits = self._decoder_logits(encoded.hidden)
         if self.decoder_activation == "sigmoid":
             reconstruction, reconstruction_term = PF.sigmoid_reconstruction(logits, x, self.loss_kind)

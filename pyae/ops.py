@@ -48,6 +48,7 @@ __all__ = [
     "weight_decay",
     "weight_decay_backward",
     "mask_noise",
+    "masked_sigmoid_encoder",
     "has_cuda_kernels",
 ]
 
@@ -181,6 +182,13 @@ def mask_noise(x: Tensor, q: float, seed: Tensor) -> Tensor:
     return torch.ops.pyae.mask_noise.default(x, q, seed)
 
 
+def masked_sigmoid_encoder(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: float, seed: Tensor) -> EncoderOutput:
+    """:func:`sigmoid_encoder` of ``mask_noise(x, q, seed)``, without keeping the corrupted
+    input for the backward: autograd keeps ``x`` and the seed and recomputes the mask."""
+    hidden, mean_activation, contractive = torch.ops.pyae.masked_sigmoid_encoder.default(x, weight, bias, q, seed)
+    return EncoderOutput(hidden, mean_activation, contractive)
+
+
 def weight_decay(weights: Sequence[Tensor]) -> Tensor:
     """``(1/2) * sum ||W||^2`` over ``weights`` (one dtype and device), gradient ``W`` each;
     see :func:`pyae.functional.weight_decay`, the checked public entry point."""
@@ -306,3 +314,9 @@ def _mask_noise_fake(x: Tensor, q: float, seed: Tensor):
     torch._check_value(0.0 <= q <= 1.0, lambda: f"pyae: q must lie in [0, 1], got {q}")
     torch._check_type(seed.dtype == torch.int64, lambda: f"pyae: seed must be an int64 tensor, got {seed.dtype}")
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("pyae::masked_sigmoid_encoder")
+def _masked_sigmoid_encoder_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: float, seed: Tensor):
+    _mask_noise_fake(x, q, seed)
+    return _sigmoid_encoder_fake(x, weight, bias)

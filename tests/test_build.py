@@ -8,10 +8,12 @@ import torch
 import pyae
 
 
-# mask_noise is its own backward (the gradient goes through the same mask).
-FORWARD_OPERATORS = ["sigmoid_encoder", "sigmoid_reconstruction_loss", "kl_sparsity", "weight_decay", "mask_noise"]
-BACKWARD_OPERATORS = [f"{name}_backward" for name in FORWARD_OPERATORS if name != "mask_noise"]
-DEVICE_GENERIC = {"weight_decay", "weight_decay_backward"}  # CompositeExplicitAutograd
+FORWARD_OPERATORS = ["sigmoid_encoder", "sigmoid_reconstruction_loss", "kl_sparsity", "weight_decay", "mask_noise",
+                     "masked_sigmoid_encoder"]
+# mask_noise is its own backward; masked_sigmoid_encoder's backward calls mask_noise and
+# sigmoid_encoder_backward.
+BACKWARD_OPERATORS = [f"{name}_backward" for name in FORWARD_OPERATORS[:4]]
+DEVICE_GENERIC = {"weight_decay", "weight_decay_backward", "masked_sigmoid_encoder"}  # CompositeExplicitAutograd
 
 
 def test_operators_are_registered():

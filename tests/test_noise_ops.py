@@ -118,6 +118,57 @@ def test_functional_mask_noise_is_reproducible_with_a_generator():
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
+# --------------------------------------------------------------------------------------
+# The masked encoder: the encoder of mask_noise(x), without keeping the corrupted input.
+
+
+def encoder_inputs(device, bias=True):
+    generator = torch.Generator().manual_seed(6)
+    x = torch.rand(11, 9, generator=generator, dtype=torch.float64)
+    weight = torch.randn(5, 9, generator=generator, dtype=torch.float64) / 3
+    b = torch.randn(5, generator=generator, dtype=torch.float64) if bias else None
+    return [None if t is None else t.to(device).requires_grad_() for t in (x, weight, b)]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_masked_encoder_equals_encoder_of_masked_input(device, bias):
+    x, weight, b = encoder_inputs(device, bias)
+    inputs = [t for t in (x, weight, b) if t is not None]
+    got = ops.masked_sigmoid_encoder(x, weight, b, 0.3, seed(21, device))
+    expected = ops.sigmoid_encoder(ops.mask_noise(x, 0.3, seed(21, device)), weight, b)
+    upstream = [torch.randn_like(t) for t in expected]
+    for actual, wanted in zip(got, expected):
+        torch.testing.assert_close(actual, wanted)
+    got_grads = torch.autograd.grad(got, inputs, upstream)
+    for actual, wanted in zip(got_grads, torch.autograd.grad(expected, inputs, upstream)):
+        torch.testing.assert_close(actual, wanted)
+    with torch.no_grad():  # the composite kernel, without autograd
+        for actual, wanted in zip(ops.masked_sigmoid_encoder(x, weight, b, 0.3, seed(21, device)), expected):
+            torch.testing.assert_close(actual, wanted)
+    torch.autograd.gradcheck(lambda *args: ops.masked_sigmoid_encoder(*args[:2], args[2] if bias else None, 0.3,
+                                                                      seed(21, device)),
+                             (x, weight, b if bias else None))
+
+
+def test_masked_encoder_keeps_no_corrupted_input(device):
+    x, weight, b = encoder_inputs(device)
+    x = x.detach()  # the data: only the parameters need gradients
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        hidden, _, contractive = ops.masked_sigmoid_encoder(x, weight, b, 0.5, seed(3, device))
+    input_shaped = [t for t in saved if t.shape == x.shape]
+    assert len(input_shaped) == 1 and input_shaped[0].data_ptr() == x.data_ptr()  # the clean x itself
+    (hidden.sum() + contractive).backward()
+    assert weight.grad is not None and b.grad is not None
+
+
+def test_masked_encoder_opcheck(device):
+    x, weight, b = (t.detach() for t in encoder_inputs(device))
+    for requires_grad in (False, True):
+        args = [t.clone().requires_grad_(requires_grad) for t in (x, weight, b)]
+        torch.library.opcheck(torch.ops.pyae.masked_sigmoid_encoder.default, (*args, 0.4, seed(9, device)))
+
+
 @pytest.mark.parametrize(
     "call, error, message",
     [
