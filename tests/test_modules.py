@@ -24,25 +24,35 @@ def clone_model(model, **changes):
     return twin
 
 
-def test_forward_matches_hand_written_model(device):
-    torch.manual_seed(0)
-    model = pyae.Autoencoder(12, 7, loss="cross_entropy", weight_decay=0.01, sparsity_target=0.2,
-                             sparsity_weight=0.5, contractive_weight=0.3, dtype=torch.float64, device=device)
-    x = torch.rand(9, 12, dtype=torch.float64, device=device)
-    out = model(x)
+# Every term on: the model of the two hand-written comparisons below.
+ALL_TERMS = dict(loss="cross_entropy", weight_decay=0.01, sparsity_target=0.2, sparsity_weight=0.5,
+                 contractive_weight=0.3, dtype=torch.float64)
 
+
+def hand_written(model, encoder_input, x):
+    """(loss, terms, hidden, logits) of an ALL_TERMS model written with torch ops from DESIGN.md,
+    encoding encoder_input and reconstructing x."""
     W, b = model.encoder.weight, model.encoder.bias
-    h, rho_hat, contractive = reference.sigmoid_encoder(x, W, b)
+    h, rho_hat, contractive = reference.sigmoid_encoder(encoder_input, W, b)
     logits = F.linear(h, model.decoder.weight, model.decoder.bias)
     reconstruction = -(x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).sum(1).mean()
     decay = 0.5 * (W.pow(2).sum() + model.decoder.weight.pow(2).sum())
     kl = (0.2 * torch.log(0.2 / rho_hat) + 0.8 * torch.log(0.8 / (1 - rho_hat))).sum()
-    expected = reconstruction + 0.01 * decay + 0.5 * kl + 0.3 * contractive
+    loss = reconstruction + 0.01 * decay + 0.5 * kl + 0.3 * contractive
+    terms = {"reconstruction": reconstruction, "weight_decay": decay, "sparsity": kl, "contractive": contractive}
+    return loss, terms, h, logits
+
+
+def test_forward_matches_hand_written_model(device):
+    torch.manual_seed(0)
+    model = pyae.Autoencoder(12, 7, device=device, **ALL_TERMS)
+    x = torch.rand(9, 12, dtype=torch.float64, device=device)
+    out = model(x)
+    expected, terms, h, logits = hand_written(model, x, x)
 
     assert isinstance(out, pyae.AutoencoderOutput)
-    assert set(out.terms) == {"reconstruction", "weight_decay", "sparsity", "contractive"}
-    for name, value in [("reconstruction", reconstruction), ("weight_decay", decay), ("sparsity", kl),
-                        ("contractive", contractive)]:
+    assert set(out.terms) == set(terms)
+    for name, value in terms.items():
         torch.testing.assert_close(out.terms[name], value)
     torch.testing.assert_close(out.loss, expected)
     torch.testing.assert_close(out.reconstruction, torch.sigmoid(logits))
@@ -136,21 +146,13 @@ def test_denoising_step_matches_hand_written_model_on_the_same_corruption(device
     # Every term on, masking noise: the loss and every gradient equal a hand-written model's
     # evaluated on the corrupted input the step drew (the same generator seed draws it again).
     torch.manual_seed(1)
-    model = pyae.Autoencoder(12, 7, loss="cross_entropy", noise="mask", noise_level=0.3, weight_decay=0.01,
-                             sparsity_target=0.2, sparsity_weight=0.5, contractive_weight=0.3,
-                             dtype=torch.float64, device=device)
+    model = pyae.Autoencoder(12, 7, noise="mask", noise_level=0.3, device=device, **ALL_TERMS)
     x = torch.rand(9, 12, dtype=torch.float64, device=device)
     out = model(x, generator=torch.Generator(device=device).manual_seed(4))
     corrupted = model.corrupt(x, generator=torch.Generator(device=device).manual_seed(4))
     assert 0 < (corrupted == 0).sum() < corrupted.numel()
 
-    W, b = model.encoder.weight, model.encoder.bias
-    h, rho_hat, contractive = reference.sigmoid_encoder(corrupted, W, b)
-    logits = F.linear(h, model.decoder.weight, model.decoder.bias)
-    reconstruction = -(x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).sum(1).mean()
-    decay = 0.5 * (W.pow(2).sum() + model.decoder.weight.pow(2).sum())
-    kl = (0.2 * torch.log(0.2 / rho_hat) + 0.8 * torch.log(0.8 / (1 - rho_hat))).sum()
-    expected = reconstruction + 0.01 * decay + 0.5 * kl + 0.3 * contractive
+    expected, _, h, _ = hand_written(model, corrupted, x)
     torch.testing.assert_close(out.loss, expected)
     torch.testing.assert_close(out.hidden, h)
     grads = torch.autograd.grad(out.loss, list(model.parameters()))
