@@ -353,7 +353,7 @@ def _cmd_train(args) -> int:
         raise CLIError(f"argument --device: {err}") from err
     if config.cuda_graph and device.type != "cuda":
         raise CLIError(f"argument --cuda-graph: needs a CUDA device, and this run trains on {device}")
-    if config.cuda_graph and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+    if config.cuda_graph and _launched_by_torchrun():
         raise CLIError("argument --cuda-graph: trains in one process; under torchrun leave it off")
     distributed = _start_distributed(device)
     if distributed is not None:
@@ -379,11 +379,16 @@ def _cmd_train(args) -> int:
             torch.distributed.destroy_process_group()
 
 
+def _launched_by_torchrun() -> bool:
+    """Whether this process is one of several ranks that torchrun started (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def _start_distributed(device):
     """Under torchrun (WORLD_SIZE > 1 in the environment), join the process group: NCCL with
     one GPU per rank (cuda:LOCAL_RANK), gloo on the CPU. Returns this rank's device, or
     None when not launched by torchrun."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not _launched_by_torchrun():
         return None
     import torch
     import torch.distributed as dist

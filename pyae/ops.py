@@ -159,7 +159,7 @@ def kl_sparsity(mean_activation: Tensor, target: float) -> Tensor:
     """The sparsity penalty ``sum_l KL(target || mean_activation_l)`` for Bernoulli variables.
 
     ``mean_activation`` is clamped into ``[eps, 1 - eps]`` (``eps`` the machine epsilon of
-    its dtype) and the gradient is that of the clamped value; see
+    its dtype); the gradient is the formula's on that closed interval and 0 outside it; see
     :func:`pyae.functional.kl_sparsity`, the checked public entry point.
 
     Args:
