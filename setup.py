@@ -102,8 +102,7 @@ def _choose_backend():
 def _extension():
     use_cuda, reason = _choose_backend()
     debug = _flag("DEBUG")
-    sources = [os.path.join("csrc", name) for name in ("pyae.cpp", "autograd.cpp", "composite.cpp")]
-    sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp"))) + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx_flags = opt + ["-fdiagnostics-color=always"]
     if not debug:

@@ -1,26 +1,37 @@
-// Autograd for pyae's forward operators, for every device. Each backward is itself an
-// operator (sigmoid_encoder_backward, sigmoid_reconstruction_loss_backward,
-// kl_sparsity_backward, weight_decay_backward; mask_noise is its own backward), called
-// through the dispatcher, so torch.compile traces it into the backward graph like an aten op.
+// Autograd for every pyae operator, for every device.
 //
-// Why C++ rather than torch.library.register_autograd: at MNIST sizes on a GPU a training
-// step is bound by host overhead, and a Python autograd function costs tens of microseconds
-// per call and per backward node (on the CPU a tiny regularized step took 231 us of host time
-// with the Python registration, 182 us with this file).
+// First order: each forward operator's backward is itself an operator
+// (sigmoid_encoder_backward, sigmoid_reconstruction_loss_backward, kl_sparsity_backward,
+// weight_decay_backward; mask_noise is its own backward), called through the dispatcher, so
+// torch.compile traces it into the backward graph like an aten op. Autograd is in C++ rather
+// than torch.library.register_autograd because a Python autograd function costs tens of
+// microseconds per call and per backward node, much of a training step at MNIST sizes.
 //
-// Only what the backward kernels read is saved: x, weight and hidden for the encoder (the
-// clean x and the seed, not the corrupted input, for the masked encoder); the
-// reconstruction and the target for the decoder's loss; the mean activations for the
-// sparsity penalty; the weights for weight decay; the seed for the masking noise. Outputs
-// that did not reach the loss get undefined gradients (set_materialize_grads(false)), and
-// the backward kernels skip their terms instead of reading zeros.
+// Only what the backward kernels read is saved: x, weight, hidden and the forward's squared
+// row norms for the encoder (the clean x and the seed, not the corrupted input, for the
+// masked encoder); the reconstruction and the target for the decoder's loss; the mean
+// activations for the sparsity penalty; the weights for weight decay; the seed for the
+// masking noise. Outputs that did not reach the loss get undefined gradients
+// (set_materialize_grads(false)), and the backward kernels skip their terms.
+//
+// Higher order: the backward operators have autograd kernels too. When a backward runs
+// with create_graph=True (grad mode on and a differentiable input), each computes its
+// gradients with the same formulas written as differentiable ATen ops (docs/design.md), so
+// double backward, Hessian-vector products and gradient penalties are exact at any order.
+// Otherwise (every ordinary backward) it runs the fused kernel. The fused kernels are the
+// fast path; the ATen formulas trade speed for differentiability only when it is asked for.
 
-#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <array>
+#include <limits>
 #include <tuple>
+#include <vector>
+
+#include "checks.h"
+#include "ops.h"
 
 namespace pyae {
 namespace {
@@ -32,46 +43,162 @@ c10::optional<at::Tensor> defined_or_none(const at::Tensor& t) {
   return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
 
-// The operators the encoder's autograd calls, looked up once.
-using EncoderOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-
-const auto& encoder_op() {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("pyae::sigmoid_encoder", "")
-          .typed<EncoderOutputs(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&)>();
-  return op;
+// Whether a call must be recorded for a further derivative: grad mode is on and one of the
+// tensors requires grad.
+bool records_graph(std::initializer_list<c10::optional<at::Tensor>> tensors) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const auto& t : tensors) {
+    if (t.has_value() && t->defined() && t->requires_grad()) return true;
+  }
+  return false;
 }
 
-const auto& encoder_backward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("pyae::sigmoid_encoder_backward", "")
-          .typed<EncoderOutputs(const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
-                                const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
-                                const at::Tensor&, std::array<bool, 3>)>();
-  return op;
+// ---------------------------------------------------------------------------------------
+// The backward operators' formulas as differentiable ATen ops (the double backward).
+
+// d = h (1 - h); delta = (g_h + g_rho / B) d + g_c (2/B) c d^2 (1 - 2h); grad_x = delta W,
+// grad_W = delta^T x + g_c (2/B) diag(sum_i d_il^2) W, grad_b = sum_i delta_i. c = ||W_l||^2
+// is recomputed from the weight, so that its dependence on W is differentiated too.
+EncoderGradients sigmoid_encoder_backward_differentiable(
+    const c10::optional<at::Tensor>& grad_hidden, const c10::optional<at::Tensor>& grad_mean_activation,
+    const c10::optional<at::Tensor>& grad_contractive, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& hidden, std::array<bool, 3> output_mask) {
+  const double inv_batch = 1.0 / static_cast<double>(x.size(0));
+  const at::Tensor d = hidden * (1 - hidden);
+  at::Tensor delta;
+  const auto add = [&delta](const at::Tensor& term) { delta = delta.defined() ? delta + term : term; };
+  if (grad_hidden.has_value()) add(*grad_hidden * d);
+  if (grad_mean_activation.has_value()) add(grad_mean_activation->unsqueeze(0) * d * inv_batch);
+  at::Tensor row_scale;
+  if (grad_contractive.has_value()) {
+    const at::Tensor scale = grad_contractive->reshape({}) * (2.0 * inv_batch);
+    const at::Tensor d2 = d * d;
+    add(scale * weight.square().sum(1) * d2 * (1 - 2 * hidden));
+    row_scale = scale * d2.sum(0);
+  }
+  if (!delta.defined()) delta = at::zeros_like(hidden);
+  const auto not_wanted = [&x] { return at::empty({0}, x.options()); };
+  at::Tensor grad_weight = not_wanted();
+  if (output_mask[1]) {
+    grad_weight = at::mm(delta.t(), x);
+    if (row_scale.defined()) grad_weight = grad_weight + row_scale.unsqueeze(1) * weight;
+  }
+  return {output_mask[0] ? at::mm(delta, weight) : not_wanted(), grad_weight,
+          output_mask[2] ? delta.sum(0) : not_wanted()};
 }
 
-const auto& mask_noise_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pyae::mask_noise", "")
-                             .typed<at::Tensor(const at::Tensor&, double, const at::Tensor&)>();
-  return op;
+// grad_logits = g_r s + (g_loss / B) dloss, s = xhat (1 - xhat), dloss = xhat - x for the
+// cross-entropy and 2 (xhat - x) s for the squared error.
+at::Tensor sigmoid_reconstruction_loss_backward_differentiable(
+    const c10::optional<at::Tensor>& grad_reconstruction, const c10::optional<at::Tensor>& grad_loss,
+    const at::Tensor& reconstruction, const at::Tensor& target, bool cross_entropy) {
+  const at::Tensor s = reconstruction * (1 - reconstruction);
+  at::Tensor grad = at::zeros_like(reconstruction);
+  if (grad_reconstruction.has_value()) grad = grad + *grad_reconstruction * s;
+  if (grad_loss.has_value()) {
+    const at::Tensor error = reconstruction - target;
+    const at::Tensor dloss = cross_entropy ? error : 2 * error * s;
+    grad = grad + grad_loss->reshape({}) * (1.0 / static_cast<double>(reconstruction.size(0))) * dloss;
+  }
+  return grad;
 }
+
+// grad * (-rho / r + (1 - rho) / (1 - r)) on the closed interval [eps, 1 - eps], 0 outside
+// (the kernels' convention). The formula is evaluated at r clamped into the interval, so
+// that no infinite branch reaches the derivative outside it.
+at::Tensor kl_sparsity_backward_differentiable(const at::Tensor& grad, const at::Tensor& mean_activation, double target) {
+  double eps = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean_activation.scalar_type(), "pyae_kl_eps", [&] {
+    eps = static_cast<double>(std::numeric_limits<scalar_t>::epsilon());
+  });
+  const at::Tensor inside = at::logical_and(mean_activation >= eps, mean_activation <= 1.0 - eps);
+  const at::Tensor r = mean_activation.clamp(eps, 1.0 - eps);
+  const at::Tensor slope = -target / r + (1.0 - target) / (1 - r);
+  return grad.reshape({}) * at::where(inside, slope, at::zeros_like(slope));
+}
+
+std::vector<at::Tensor> weight_decay_backward_differentiable(const at::Tensor& grad, at::TensorList weights) {
+  std::vector<at::Tensor> grads;
+  grads.reserve(weights.size());
+  for (const at::Tensor& weight : weights) grads.push_back(grad.reshape({}) * weight);
+  return grads;
+}
+
+// ---------------------------------------------------------------------------------------
+// Autograd kernels of the backward operators: the fused kernel, or the differentiable
+// formulas when the call is to be differentiated again.
+
+EncoderGradients sigmoid_encoder_backward_autograd(
+    const c10::optional<at::Tensor>& grad_hidden, const c10::optional<at::Tensor>& grad_mean_activation,
+    const c10::optional<at::Tensor>& grad_contractive, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& hidden, const c10::optional<at::Tensor>& squared_row_norms, std::array<bool, 3> output_mask) {
+  if (records_graph({grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden})) {
+    check_encoder_backward_inputs(grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden,
+                                  squared_row_norms);
+    return sigmoid_encoder_backward_differentiable(grad_hidden, grad_mean_activation, grad_contractive, x, weight,
+                                                   hidden, output_mask);
+  }
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return detail::sigmoid_encoder_backward(grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden,
+                                          squared_row_norms, output_mask);
+}
+
+at::Tensor sigmoid_reconstruction_loss_backward_autograd(
+    const c10::optional<at::Tensor>& grad_reconstruction, const c10::optional<at::Tensor>& grad_loss,
+    const at::Tensor& reconstruction, const at::Tensor& target, bool cross_entropy) {
+  if (records_graph({grad_reconstruction, grad_loss, reconstruction, target})) {
+    check_reconstruction_loss_backward_inputs(grad_reconstruction, grad_loss, reconstruction, target);
+    return sigmoid_reconstruction_loss_backward_differentiable(grad_reconstruction, grad_loss, reconstruction, target,
+                                                               cross_entropy);
+  }
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return detail::sigmoid_reconstruction_loss_backward(grad_reconstruction, grad_loss, reconstruction, target,
+                                                      cross_entropy);
+}
+
+at::Tensor kl_sparsity_backward_autograd(const at::Tensor& grad, const at::Tensor& mean_activation, double target) {
+  if (records_graph({grad, mean_activation})) {
+    check_kl_sparsity_backward_inputs(grad, mean_activation, target);
+    return kl_sparsity_backward_differentiable(grad, mean_activation, target);
+  }
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return detail::kl_sparsity_backward(grad, mean_activation, target);
+}
+
+std::vector<at::Tensor> weight_decay_backward_autograd(const at::Tensor& grad, at::TensorList weights) {
+  bool differentiable = records_graph({grad});
+  for (const at::Tensor& weight : weights) differentiable = differentiable || records_graph({weight});
+  if (differentiable) {
+    check_weight_decay_backward_inputs(grad, weights);
+    return weight_decay_backward_differentiable(grad, weights);
+  }
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return detail::weight_decay_backward(grad, weights);
+}
+
+// ---------------------------------------------------------------------------------------
+// Autograd of the forward operators.
 
 // The encoder's gradients with respect to (its input, weight, bias) for the upstream
-// gradients `grads` of (hidden, mean_activation, contractive); needs_input_grad counts tensor
-// inputs only, so without a bias there is no index 2.
+// gradients `grads` of (hidden, mean_activation, contractive, squared_row_norms);
+// needs_input_grad counts tensor inputs only, so without a bias there is no index 2.
 variable_list encoder_gradients(AutogradContext* ctx, const variable_list& grads, const at::Tensor& input,
-                                const at::Tensor& weight, const at::Tensor& hidden, bool has_bias) {
+                                const at::Tensor& weight, const at::Tensor& hidden,
+                                const at::Tensor& squared_row_norms, bool has_bias) {
   const std::array<bool, 3> output_mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                            has_bias && ctx->needs_input_grad(2)};
-  auto [grad_input, grad_weight, grad_bias] =
-      encoder_backward_op().call(defined_or_none(grads[0]), defined_or_none(grads[1]), defined_or_none(grads[2]),
-                                 input, weight, hidden, output_mask);
+  auto [grad_input, grad_weight, grad_bias] = detail::sigmoid_encoder_backward(
+      defined_or_none(grads[0]), defined_or_none(grads[1]), defined_or_none(grads[2]), input, weight, hidden,
+      squared_row_norms, output_mask);
   return {output_mask[0] ? grad_input : at::Tensor(), output_mask[1] ? grad_weight : at::Tensor(),
           output_mask[2] ? grad_bias : at::Tensor()};
+}
+
+variable_list encoder_outputs(AutogradContext* ctx, const EncoderOutputs& outputs) {
+  auto [hidden, mean_activation, contractive, squared_row_norms] = outputs;
+  ctx->mark_non_differentiable({squared_row_norms});
+  ctx->set_materialize_grads(false);
+  return {hidden, mean_activation, contractive, squared_row_norms};
 }
 
 class SigmoidEncoderFunction : public torch::autograd::Function<SigmoidEncoderFunction> {
@@ -79,43 +206,44 @@ class SigmoidEncoderFunction : public torch::autograd::Function<SigmoidEncoderFu
   static variable_list forward(
       AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [hidden, mean_activation, contractive] = encoder_op().call(x, weight, bias);
-    ctx->set_materialize_grads(false);
-    ctx->save_for_backward({x, weight, hidden});
+    const EncoderOutputs outputs = sigmoid_encoder(x, weight, bias);
+    ctx->save_for_backward({x, weight, std::get<0>(outputs), std::get<3>(outputs)});
     ctx->saved_data["has_bias"] = bias.has_value();
-    return {hidden, mean_activation, contractive};
+    return encoder_outputs(ctx, outputs);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    return encoder_gradients(ctx, grads, saved[0], saved[1], saved[2], ctx->saved_data["has_bias"].toBool());
+    return encoder_gradients(ctx, grads, saved[0], saved[1], saved[2], saved[3], ctx->saved_data["has_bias"].toBool());
   }
 };
 
 // The encoder of the masked input. The corrupted input lives only inside forward and inside
-// backward (recomputed from x and the seed: one cheap elementwise pass), never between them.
+// backward (recomputed from x and the seed: one cheap elementwise pass, and only when the
+// weight's gradient needs it), never between them.
 class MaskedSigmoidEncoderFunction : public torch::autograd::Function<MaskedSigmoidEncoderFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                                const c10::optional<at::Tensor>& bias, double q, const at::Tensor& seed) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [hidden, mean_activation, contractive] = encoder_op().call(mask_noise_op().call(x, q, seed), weight, bias);
-    ctx->set_materialize_grads(false);
-    ctx->save_for_backward({x, weight, hidden, seed});
+    const EncoderOutputs outputs = sigmoid_encoder(mask_noise(x, q, seed), weight, bias);
+    ctx->save_for_backward({x, weight, std::get<0>(outputs), std::get<3>(outputs), seed});
     ctx->saved_data["has_bias"] = bias.has_value();
     ctx->saved_data["q"] = q;
-    return {hidden, mean_activation, contractive};
+    return encoder_outputs(ctx, outputs);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const double q = ctx->saved_data["q"].toDouble();
     const at::Tensor& x = saved[0];
-    const at::Tensor& seed = saved[3];
-    variable_list result = encoder_gradients(ctx, grads, mask_noise_op().call(x, q, seed), saved[1], saved[2],
-                                             ctx->saved_data["has_bias"].toBool());
+    const at::Tensor& seed = saved[4];
+    // Only the weight's gradient reads the (corrupted) input; the others need its shape alone.
+    const at::Tensor input = ctx->needs_input_grad(1) ? mask_noise(x, q, seed) : x;
+    variable_list result =
+        encoder_gradients(ctx, grads, input, saved[1], saved[2], saved[3], ctx->saved_data["has_bias"].toBool());
     // d corrupted / d x is the mask itself: the input's gradient goes through the same mask.
-    if (result[0].defined()) result[0] = mask_noise_op().call(result[0], q, seed);
+    if (result[0].defined()) result[0] = mask_noise(result[0], q, seed);
     result.push_back(at::Tensor());  // q
     result.push_back(at::Tensor());  // seed
     return result;
@@ -125,11 +253,8 @@ class MaskedSigmoidEncoderFunction : public torch::autograd::Function<MaskedSigm
 class SigmoidReconstructionLossFunction : public torch::autograd::Function<SigmoidReconstructionLossFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& target, bool cross_entropy) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("pyae::sigmoid_reconstruction_loss", "")
-                               .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, bool)>();
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [reconstruction, loss] = op.call(logits, target, cross_entropy);
+    auto [reconstruction, loss] = sigmoid_reconstruction_loss(logits, target, cross_entropy);
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({reconstruction, target});
     ctx->saved_data["cross_entropy"] = cross_entropy;
@@ -137,10 +262,6 @@ class SigmoidReconstructionLossFunction : public torch::autograd::Function<Sigmo
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("pyae::sigmoid_reconstruction_loss_backward", "")
-                               .typed<at::Tensor(const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
-                                                 const at::Tensor&, const at::Tensor&, bool)>();
     TORCH_CHECK(
         !ctx->needs_input_grad(1),
         "pyae.ops.sigmoid_reconstruction_loss treats its target as data and has no gradient for it; use "
@@ -148,8 +269,9 @@ class SigmoidReconstructionLossFunction : public torch::autograd::Function<Sigmo
     at::Tensor grad_logits;
     if (ctx->needs_input_grad(0)) {
       const auto saved = ctx->get_saved_variables();
-      grad_logits = op.call(defined_or_none(grads[0]), defined_or_none(grads[1]), saved[0], saved[1],
-                            ctx->saved_data["cross_entropy"].toBool());
+      grad_logits = detail::sigmoid_reconstruction_loss_backward(
+          defined_or_none(grads[0]), defined_or_none(grads[1]), saved[0], saved[1],
+          ctx->saved_data["cross_entropy"].toBool());
     }
     return {grad_logits, at::Tensor(), at::Tensor()};
   }
@@ -158,21 +280,15 @@ class SigmoidReconstructionLossFunction : public torch::autograd::Function<Sigmo
 class KlSparsityFunction : public torch::autograd::Function<KlSparsityFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mean_activation, double target) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("pyae::kl_sparsity", "")
-                               .typed<at::Tensor(const at::Tensor&, double)>();
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     ctx->save_for_backward({mean_activation});
     ctx->saved_data["target"] = target;
-    return op.call(mean_activation, target);
+    return kl_sparsity(mean_activation, target);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("pyae::kl_sparsity_backward", "")
-                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
     const auto saved = ctx->get_saved_variables();
-    return {op.call(grads[0], saved[0], ctx->saved_data["target"].toDouble()), at::Tensor()};
+    return {detail::kl_sparsity_backward(grads[0], saved[0], ctx->saved_data["target"].toDouble()), at::Tensor()};
   }
 };
 
@@ -182,34 +298,28 @@ class MaskNoiseFunction : public torch::autograd::Function<MaskNoiseFunction> {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     ctx->save_for_backward({seed});
     ctx->saved_data["q"] = q;
-    return mask_noise_op().call(x, q, seed);
+    return mask_noise(x, q, seed);
   }
 
   // The mask is a function of the seed and the index alone: the gradient is the incoming
-  // gradient through the same mask, the same operator again.
+  // gradient through the same mask, the same operator again (and so differentiable again).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    return {mask_noise_op().call(grads[0], ctx->saved_data["q"].toDouble(), saved[0]), at::Tensor(), at::Tensor()};
+    return {mask_noise(grads[0], ctx->saved_data["q"].toDouble(), saved[0]), at::Tensor(), at::Tensor()};
   }
 };
 
 class WeightDecayFunction : public torch::autograd::Function<WeightDecayFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, at::TensorList weights) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("pyae::weight_decay", "")
-                               .typed<at::Tensor(at::TensorList)>();
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     ctx->save_for_backward(weights.vec());
-    return op.call(weights);
+    return weight_decay(weights);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("pyae::weight_decay_backward", "")
-                               .typed<std::vector<at::Tensor>(const at::Tensor&, at::TensorList)>();
     const auto weights = ctx->get_saved_variables();
-    auto weight_grads = op.call(grads[0], weights);
+    auto weight_grads = detail::weight_decay_backward(grads[0], weights);
     for (size_t i = 0; i < weight_grads.size(); ++i) {
       if (!ctx->needs_input_grad(i)) weight_grads[i] = at::Tensor();
     }
@@ -217,10 +327,19 @@ class WeightDecayFunction : public torch::autograd::Function<WeightDecayFunction
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_encoder_autograd(
+EncoderOutputs to_encoder_outputs(const variable_list& outputs) {
+  return {outputs[0], outputs[1], outputs[2], outputs[3]};
+}
+
+EncoderOutputs sigmoid_encoder_autograd(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  auto outputs = SigmoidEncoderFunction::apply(x, weight, bias);
-  return {outputs[0], outputs[1], outputs[2]};
+  return to_encoder_outputs(SigmoidEncoderFunction::apply(x, weight, bias));
+}
+
+EncoderOutputs masked_sigmoid_encoder_autograd(
+    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, double q,
+    const at::Tensor& seed) {
+  return to_encoder_outputs(MaskedSigmoidEncoderFunction::apply(x, weight, bias, q, seed));
 }
 
 std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_autograd(
@@ -231,13 +350,6 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_autograd(
 
 at::Tensor kl_sparsity_autograd(const at::Tensor& mean_activation, double target) {
   return KlSparsityFunction::apply(mean_activation, target);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_sigmoid_encoder_autograd(
-    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, double q,
-    const at::Tensor& seed) {
-  auto outputs = MaskedSigmoidEncoderFunction::apply(x, weight, bias, q, seed);
-  return {outputs[0], outputs[1], outputs[2]};
 }
 
 at::Tensor mask_noise_autograd(const at::Tensor& x, double q, const at::Tensor& seed) {
@@ -252,11 +364,15 @@ at::Tensor weight_decay_autograd(at::TensorList weights) {
 
 TORCH_LIBRARY_IMPL(pyae, Autograd, m) {
   m.impl("sigmoid_encoder", &sigmoid_encoder_autograd);
+  m.impl("masked_sigmoid_encoder", &masked_sigmoid_encoder_autograd);
   m.impl("sigmoid_reconstruction_loss", &sigmoid_reconstruction_loss_autograd);
   m.impl("kl_sparsity", &kl_sparsity_autograd);
   m.impl("mask_noise", &mask_noise_autograd);
-  m.impl("masked_sigmoid_encoder", &masked_sigmoid_encoder_autograd);
   m.impl("weight_decay", &weight_decay_autograd);
+  m.impl("sigmoid_encoder_backward", &sigmoid_encoder_backward_autograd);
+  m.impl("sigmoid_reconstruction_loss_backward", &sigmoid_reconstruction_loss_backward_autograd);
+  m.impl("kl_sparsity_backward", &kl_sparsity_backward_autograd);
+  m.impl("weight_decay_backward", &weight_decay_backward_autograd);
 }
 
 }  // namespace pyae

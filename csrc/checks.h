@@ -2,6 +2,7 @@
 // (TORCH_CHECK_VALUE / TORCH_CHECK_TYPE) and name the offending argument.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
@@ -10,10 +11,13 @@
 
 namespace pyae {
 
+// The four dtypes every kernel has (float8 and the other floating types are refused here,
+// not deep inside a dtype dispatch).
 inline void check_floating(const at::Tensor& t, const char* name) {
+  const at::ScalarType dtype = t.scalar_type();
   TORCH_CHECK_TYPE(
-      at::isFloatingType(t.scalar_type()), "pyae: ", name,
-      " must be a floating-point tensor (float64, float32, float16 or bfloat16), got ", t.scalar_type());
+      dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, "pyae: ", name,
+      " must be a floating-point tensor (float64, float32, float16 or bfloat16), got ", dtype);
 }
 
 inline void check_same_dtype_device(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
@@ -49,7 +53,8 @@ inline void check_encoder_backward_inputs(
     const c10::optional<at::Tensor>& grad_contractive,
     const at::Tensor& x,
     const at::Tensor& weight,
-    const at::Tensor& hidden) {
+    const at::Tensor& hidden,
+    const c10::optional<at::Tensor>& squared_row_norms) {
   check_encoder_inputs(x, weight, c10::nullopt);
   check_same_dtype_device(hidden, "hidden", x, "x");
   TORCH_CHECK_VALUE(
@@ -72,6 +77,18 @@ inline void check_encoder_backward_inputs(
     TORCH_CHECK_VALUE(
         grad_contractive->numel() == 1, "pyae: grad_contractive must be a scalar, got shape ",
         grad_contractive->sizes());
+  }
+  if (squared_row_norms.has_value()) {
+    const at::ScalarType accumulation = at::toOpMathType(x.scalar_type());
+    TORCH_CHECK_TYPE(
+        squared_row_norms->scalar_type() == accumulation, "pyae: squared_row_norms must have dtype ", accumulation,
+        " (the accumulation dtype of x's ", x.scalar_type(), "), got ", squared_row_norms->scalar_type());
+    TORCH_CHECK_VALUE(
+        squared_row_norms->device() == x.device(), "pyae: squared_row_norms is on ", squared_row_norms->device(),
+        " but x is on ", x.device(), "; they must be on the same device");
+    TORCH_CHECK_VALUE(
+        squared_row_norms->dim() == 1 && squared_row_norms->size(0) == weight.size(0),
+        "pyae: squared_row_norms must have shape (", weight.size(0), ",), got ", squared_row_norms->sizes());
   }
 }
 
@@ -131,6 +148,12 @@ inline void check_weight_decay_inputs(at::TensorList weights) {
     check_floating(weights[i], name.c_str());
     if (i > 0) check_same_dtype_device(weights[i], name.c_str(), weights[0], "weights[0]");
   }
+}
+
+inline void check_weight_decay_backward_inputs(const at::Tensor& grad, at::TensorList weights) {
+  check_weight_decay_inputs(weights);
+  check_same_dtype_device(grad, "grad", weights[0], "weights[0]");
+  TORCH_CHECK_VALUE(grad.numel() == 1, "pyae: grad must be a scalar, got shape ", grad.sizes());
 }
 
 }  // namespace pyae

@@ -6,13 +6,21 @@
 //
 //   struct Backend {
 //     // hidden holds the pre-activations on entry and h = sigmoid(a) on exit (in place).
-//     // Returns (mean_activation (k,), contractive ()) in hidden's dtype.
-//     static std::tuple<at::Tensor, at::Tensor> activate_and_reduce(at::Tensor& hidden, const at::Tensor& weight);
+//     // Returns mean_activation (k,) in hidden's dtype, contractive () in hidden's dtype,
+//     // and c = ||W_l||^2 (k,) in the accumulation dtype. h is rounded to hidden's dtype
+//     // before it enters the sums, as in the backward.
+//     static std::tuple<at::Tensor, at::Tensor, at::Tensor> activate_and_reduce(
+//         at::Tensor& hidden, const at::Tensor& weight);
 //     // Returns delta_a (B, k); the column sums of delta_a (= grad_bias) when
 //     // want_column_sums; and row_scale_l = g_c * (2/B) * sum_i d_il^2 when want_row_scale
-//     // and grad_contractive is given. Each absent result is an undefined tensor.
+//     // and grad_contractive is given. Each absent result is an undefined tensor. The
+//     // upstream gradient of h_il is grad_hidden_il + grad_hidden_row_l (either may be
+//     // absent; grad_hidden_row is a grad_hidden broadcast along the batch). c is
+//     // squared_row_norms when given, else computed from weight (needed only with
+//     // grad_contractive).
 //     static std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_pass(
-//         const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& grad_hidden,
+//         const at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& squared_row_norms,
+//         const c10::optional<at::Tensor>& grad_hidden, const c10::optional<at::Tensor>& grad_hidden_row,
 //         const c10::optional<at::Tensor>& grad_mean_activation, const c10::optional<at::Tensor>& grad_contractive,
 //         bool want_column_sums, bool want_row_scale);
 //   };
@@ -30,15 +38,15 @@
 namespace pyae {
 
 template <class Backend>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_encoder_forward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sigmoid_encoder_forward(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   check_encoder_inputs(x, weight, bias);
   const at::Tensor weight_c = weight.contiguous();
   // addmm folds the bias into the product; either result is a fresh contiguous (B, k) buffer
   // that the fused pass overwrites with h.
   at::Tensor hidden = bias.has_value() ? at::addmm(*bias, x, weight_c.t()) : at::mm(x, weight_c.t());
-  auto [mean_activation, contractive] = Backend::activate_and_reduce(hidden, weight_c);
-  return {hidden, mean_activation, contractive};
+  auto [mean_activation, contractive, squared_row_norms] = Backend::activate_and_reduce(hidden, weight_c);
+  return {hidden, mean_activation, contractive, squared_row_norms};
 }
 
 template <class Backend>
@@ -49,8 +57,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_encoder_backward(
     const at::Tensor& x,
     const at::Tensor& weight,
     const at::Tensor& hidden,
+    const c10::optional<at::Tensor>& squared_row_norms,
     std::array<bool, 3> output_mask) {
-  check_encoder_backward_inputs(grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden);
+  check_encoder_backward_inputs(grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden,
+                                squared_row_norms);
   const auto [want_grad_x, want_grad_weight, want_grad_bias] = output_mask;
   // Outputs of an operator must not alias each other: each unwanted gradient is its own
   // (empty) tensor.
@@ -62,9 +72,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_encoder_backward(
   const auto contiguous_or_none = [](const c10::optional<at::Tensor>& t) -> c10::optional<at::Tensor> {
     return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
   };
+  // A grad_hidden broadcast along the batch (stride 0: a loss of hidden.sum() or of
+  // hidden.mean(0)) is one row of upstream gradients, read as such instead of materialized.
+  c10::optional<at::Tensor> grad_hidden_rows, grad_hidden_row;
+  if (grad_hidden.has_value() && grad_hidden->size(0) > 1 && grad_hidden->stride(0) == 0) {
+    grad_hidden_row = grad_hidden->select(0, 0).contiguous();
+  } else {
+    grad_hidden_rows = contiguous_or_none(grad_hidden);
+  }
   auto [delta, grad_bias, row_scale] = Backend::backward_pass(
-      hidden.contiguous(), weight_c, contiguous_or_none(grad_hidden), contiguous_or_none(grad_mean_activation),
-      contiguous_or_none(grad_contractive), want_grad_bias, want_grad_weight);
+      hidden.contiguous(), weight_c, contiguous_or_none(squared_row_norms), grad_hidden_rows, grad_hidden_row,
+      contiguous_or_none(grad_mean_activation), contiguous_or_none(grad_contractive), want_grad_bias,
+      want_grad_weight);
 
   at::Tensor grad_x = want_grad_x ? at::mm(delta, weight_c) : not_wanted();
   at::Tensor grad_weight;

@@ -1,6 +1,8 @@
-// The pyae operator library: every schema lives here, the kernels in cpu/ and cuda/.
+// The pyae operator library: every schema lives here, with the C++ entry point of each
+// operator (ops.h); the kernels are in cpu/ and cuda/, autograd in autograd.cpp, autocast in
+// autocast.cpp.
 //
-// Conventions (DESIGN.md): x is (B, n), weight is (k, n) in the nn.Linear layout, bias is (k,).
+// Conventions (docs/design.md): x is (B, n), weight is (k, n) in the nn.Linear layout, bias is (k,).
 //   a = x @ weight.T + bias,  h = sigmoid(a),  d = h * (1 - h),  c_l = ||weight_l||^2
 //   mean_activation_l = (1/B) sum_i h_il
 //   contractive       = (1/B) sum_i sum_l d_il^2 c_l      (mean squared Frobenius norm of dh/dx)
@@ -8,7 +10,10 @@
 //   weight_decay      = (1/2) sum_W ||W||^2                   (gradient: W)
 
 #include <Python.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include "ops.h"
 
 extern "C" {
 // `import pyae._C` loads this shared object, whose static initializers register the
@@ -27,17 +32,22 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(pyae, m) {
   // Forward of the sigmoid encoder with the statistics of both regularizers, in one call:
-  // one matrix product (bias folded in) and one fused pass over (B, k).
+  // one matrix product (bias folded in) and one fused pass over (B, k). The fourth output,
+  // c = ||W_l||^2 (k,) in the accumulation dtype (float for float16/bfloat16), is what the
+  // contractive term was computed with: the backward reuses it instead of reading the weight
+  // once more. It is not differentiable (like native_layer_norm's mean and rstd).
   m.def(
       "sigmoid_encoder(Tensor x, Tensor weight, Tensor? bias) -> "
-      "(Tensor hidden, Tensor mean_activation, Tensor contractive)");
-  // Its backward. Any upstream gradient may be None (that output was unused). output_mask
-  // says which of (grad_x, grad_weight, grad_bias) are wanted; an unwanted one comes back as
-  // an empty tensor of shape (0,) and costs nothing.
+      "(Tensor hidden, Tensor mean_activation, Tensor contractive, Tensor squared_row_norms)");
+  // Its backward. Any upstream gradient may be None (that output was unused). A grad_hidden
+  // broadcast along the batch (stride 0, as from hidden.sum()) is read as one row, never
+  // materialized. squared_row_norms is the forward's fourth output, or None to recompute it.
+  // output_mask says which of (grad_x, grad_weight, grad_bias) are wanted; an unwanted one
+  // comes back as an empty tensor of shape (0,) and costs nothing.
   m.def(
       "sigmoid_encoder_backward(Tensor? grad_hidden, Tensor? grad_mean_activation, "
-      "Tensor? grad_contractive, Tensor x, Tensor weight, Tensor hidden, bool[3] output_mask) -> "
-      "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+      "Tensor? grad_contractive, Tensor x, Tensor weight, Tensor hidden, Tensor? squared_row_norms, "
+      "bool[3] output_mask) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
 
   // The sigmoid decoder's activation fused with its reconstruction loss, from the logits
   // z = h @ W'.T + c: reconstruction = sigmoid(z), and the loss summed over the features and
@@ -73,7 +83,7 @@ TORCH_LIBRARY(pyae, m) {
   // exactly what an uncorrupted one keeps.
   m.def(
       "masked_sigmoid_encoder(Tensor x, Tensor weight, Tensor? bias, float q, Tensor seed) -> "
-      "(Tensor hidden, Tensor mean_activation, Tensor contractive)");
+      "(Tensor hidden, Tensor mean_activation, Tensor contractive, Tensor squared_row_norms)");
 
   // Weight decay: (1/2) sum over the given weight matrices of ||W||^2 (never biases), whose
   // gradient is exactly W (times the upstream gradient). One read of each weight forward and
@@ -83,3 +93,77 @@ TORCH_LIBRARY(pyae, m) {
   // Its backward: grad * W for each weight.
   m.def("weight_decay_backward(Tensor grad, Tensor[] weights) -> Tensor[]");
 }
+
+// The C++ entry points of ops.h (torchvision's pattern): each looks its operator up once,
+// typed by its own declaration, and calls it through the dispatcher.
+namespace pyae {
+
+#define PYAE_OPERATOR(name) \
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("pyae::" #name, "").typed<decltype(name)>()
+
+EncoderOutputs sigmoid_encoder(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  PYAE_OPERATOR(sigmoid_encoder);
+  return op.call(x, weight, bias);
+}
+
+EncoderOutputs masked_sigmoid_encoder(
+    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, double q,
+    const at::Tensor& seed) {
+  PYAE_OPERATOR(masked_sigmoid_encoder);
+  return op.call(x, weight, bias, q, seed);
+}
+
+std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss(
+    const at::Tensor& logits, const at::Tensor& target, bool cross_entropy) {
+  PYAE_OPERATOR(sigmoid_reconstruction_loss);
+  return op.call(logits, target, cross_entropy);
+}
+
+at::Tensor kl_sparsity(const at::Tensor& mean_activation, double target) {
+  PYAE_OPERATOR(kl_sparsity);
+  return op.call(mean_activation, target);
+}
+
+at::Tensor mask_noise(const at::Tensor& x, double q, const at::Tensor& seed) {
+  PYAE_OPERATOR(mask_noise);
+  return op.call(x, q, seed);
+}
+
+at::Tensor weight_decay(at::TensorList weights) {
+  PYAE_OPERATOR(weight_decay);
+  return op.call(weights);
+}
+
+namespace detail {
+
+EncoderGradients sigmoid_encoder_backward(
+    const c10::optional<at::Tensor>& grad_hidden, const c10::optional<at::Tensor>& grad_mean_activation,
+    const c10::optional<at::Tensor>& grad_contractive, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& hidden, const c10::optional<at::Tensor>& squared_row_norms, std::array<bool, 3> output_mask) {
+  PYAE_OPERATOR(sigmoid_encoder_backward);
+  return op.call(grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden, squared_row_norms,
+                 output_mask);
+}
+
+at::Tensor sigmoid_reconstruction_loss_backward(
+    const c10::optional<at::Tensor>& grad_reconstruction, const c10::optional<at::Tensor>& grad_loss,
+    const at::Tensor& reconstruction, const at::Tensor& target, bool cross_entropy) {
+  PYAE_OPERATOR(sigmoid_reconstruction_loss_backward);
+  return op.call(grad_reconstruction, grad_loss, reconstruction, target, cross_entropy);
+}
+
+at::Tensor kl_sparsity_backward(const at::Tensor& grad, const at::Tensor& mean_activation, double target) {
+  PYAE_OPERATOR(kl_sparsity_backward);
+  return op.call(grad, mean_activation, target);
+}
+
+std::vector<at::Tensor> weight_decay_backward(const at::Tensor& grad, at::TensorList weights) {
+  PYAE_OPERATOR(weight_decay_backward);
+  return op.call(grad, weights);
+}
+
+}  // namespace detail
+
+#undef PYAE_OPERATOR
+
+}  // namespace pyae

@@ -100,7 +100,7 @@ def sigmoid_encoder(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) ->
         TypeError: a non-floating input, or inputs of different dtypes.
         ValueError: wrong ranks or sizes, an empty batch, or inputs on different devices.
     """
-    hidden, mean_activation, contractive = torch.ops.pyae.sigmoid_encoder.default(x, weight, bias)
+    hidden, mean_activation, contractive, _ = torch.ops.pyae.sigmoid_encoder.default(x, weight, bias)
     return EncoderOutput(hidden, mean_activation, contractive)
 
 
@@ -112,14 +112,17 @@ def sigmoid_encoder_backward(
     weight: Tensor,
     hidden: Tensor,
     output_mask: Tuple[bool, bool, bool] = (True, True, True),
+    squared_row_norms: Optional[Tensor] = None,
 ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """Gradients of :func:`sigmoid_encoder` with respect to ``(x, weight, bias)``.
 
     Any upstream gradient may be None (that output did not reach the loss). The gradients
     not asked for in ``output_mask`` are not computed and come back as None.
+    ``squared_row_norms`` is the fourth output of ``torch.ops.pyae.sigmoid_encoder``
+    (``||W_l||^2`` in the accumulation dtype), or None to compute it from ``weight``.
     """
     grads = torch.ops.pyae.sigmoid_encoder_backward.default(
-        grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden, list(output_mask)
+        grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden, squared_row_norms, list(output_mask)
     )
     return tuple(grad if wanted else None for grad, wanted in zip(grads, output_mask))
 
@@ -185,7 +188,7 @@ def mask_noise(x: Tensor, q: float, seed: Tensor) -> Tensor:
 def masked_sigmoid_encoder(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: float, seed: Tensor) -> EncoderOutput:
     """:func:`sigmoid_encoder` of ``mask_noise(x, q, seed)``, without keeping the corrupted
     input for the backward: autograd keeps ``x`` and the seed and recomputes the mask."""
-    hidden, mean_activation, contractive = torch.ops.pyae.masked_sigmoid_encoder.default(x, weight, bias, q, seed)
+    hidden, mean_activation, contractive, _ = torch.ops.pyae.masked_sigmoid_encoder.default(x, weight, bias, q, seed)
     return EncoderOutput(hidden, mean_activation, contractive)
 
 
@@ -204,9 +207,23 @@ def weight_decay_backward(grad: Tensor, weights: Sequence[Tensor]) -> List[Tenso
 # Fake (meta) kernels: shapes, dtypes and the same argument checks as the C++ kernels, so a
 # traced program fails where an eager one would.
 
+# The dtypes every kernel has (csrc/checks.h refuses the others, float8 among them).
+KERNEL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_kernel_dtype(t: Tensor, name: str) -> None:
+    torch._check_type(
+        t.dtype in KERNEL_DTYPES,
+        lambda: f"pyae: {name} must be a floating-point tensor (float64, float32, float16 or bfloat16), got {t.dtype}",
+    )
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
 
 def _check_encoder_arguments(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
-    torch._check_type(x.dtype.is_floating_point, lambda: f"pyae: x must be a floating-point tensor, got {x.dtype}")
+    _check_kernel_dtype(x, "x")
     torch._check_value(x.dim() == 2, lambda: f"pyae: x must be 2-D (batch, features), got shape {tuple(x.shape)}")
     torch._check_value(x.shape[0] > 0, lambda: "pyae: x must hold at least one row")
     torch._check_value(weight.dim() == 2, lambda: f"pyae: weight must be 2-D, got shape {tuple(weight.shape)}")
@@ -227,11 +244,13 @@ def _check_encoder_arguments(x: Tensor, weight: Tensor, bias: Optional[Tensor]) 
 def _sigmoid_encoder_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor]):
     _check_encoder_arguments(x, weight, bias)
     batch, hidden_units = x.shape[0], weight.shape[0]
-    return x.new_empty(batch, hidden_units), x.new_empty(hidden_units), x.new_empty(())
+    return (x.new_empty(batch, hidden_units), x.new_empty(hidden_units), x.new_empty(()),
+            x.new_empty(hidden_units, dtype=_accumulation_dtype(x.dtype)))
 
 
 @torch.library.register_fake("pyae::sigmoid_encoder_backward")
-def _sigmoid_encoder_backward_fake(grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden, output_mask):
+def _sigmoid_encoder_backward_fake(grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden,
+                                   squared_row_norms, output_mask):
     _check_encoder_arguments(x, weight, None)
     want_x, want_weight, want_bias = output_mask
     return (
@@ -242,9 +261,7 @@ def _sigmoid_encoder_backward_fake(grad_hidden, grad_mean_activation, grad_contr
 
 
 def _check_reconstruction_arguments(logits: Tensor, target: Tensor) -> None:
-    torch._check_type(
-        logits.dtype.is_floating_point, lambda: f"pyae: logits must be a floating-point tensor, got {logits.dtype}"
-    )
+    _check_kernel_dtype(logits, "logits")
     torch._check_value(logits.dim() == 2, lambda: f"pyae: logits must be 2-D, got shape {tuple(logits.shape)}")
     torch._check_value(logits.shape[0] > 0, lambda: "pyae: logits must hold at least one row")
     torch._check_type(target.dtype == logits.dtype,
@@ -266,10 +283,7 @@ def _sigmoid_reconstruction_loss_backward_fake(grad_reconstruction, grad_loss, r
 
 
 def _check_kl_arguments(mean_activation: Tensor, target: float) -> None:
-    torch._check_type(
-        mean_activation.dtype.is_floating_point,
-        lambda: f"pyae: mean_activation must be a floating-point tensor, got {mean_activation.dtype}",
-    )
+    _check_kernel_dtype(mean_activation, "mean_activation")
     torch._check_value(0.0 < target < 1.0, lambda: f"pyae: target must lie in (0, 1), got {target}")
 
 
@@ -288,8 +302,7 @@ def _kl_sparsity_backward_fake(grad: Tensor, mean_activation: Tensor, target: fl
 def _check_weight_decay_arguments(weights) -> None:
     torch._check_value(len(weights) > 0, lambda: "pyae: weight_decay needs at least one weight tensor")
     for index, weight in enumerate(weights):
-        torch._check_type(weight.dtype.is_floating_point,
-                          lambda: f"pyae: weights[{index}] must be a floating-point tensor, got {weight.dtype}")
+        _check_kernel_dtype(weight, f"weights[{index}]")
         torch._check_type(
             weight.dtype == weights[0].dtype,
             lambda: f"pyae: weights[{index}] has dtype {weight.dtype} but weights[0] has {weights[0].dtype}",
@@ -310,7 +323,7 @@ def _weight_decay_backward_fake(grad, weights):
 
 @torch.library.register_fake("pyae::mask_noise")
 def _mask_noise_fake(x: Tensor, q: float, seed: Tensor):
-    torch._check_type(x.dtype.is_floating_point, lambda: f"pyae: x must be a floating-point tensor, got {x.dtype}")
+    _check_kernel_dtype(x, "x")
     torch._check_value(0.0 <= q <= 1.0, lambda: f"pyae: q must lie in [0, 1], got {q}")
     torch._check_type(seed.dtype == torch.int64, lambda: f"pyae: seed must be an int64 tensor, got {seed.dtype}")
     return torch.empty_like(x, memory_format=torch.contiguous_format)

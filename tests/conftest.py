@@ -1,18 +1,11 @@
-"""Shared fixtures and parameters: the devices to test on and the float64 reference."""
+"""Shared fixtures: the device each op test runs on, one torch thread. (Shared values and helpers
+are in helpers.py, the float64 references in reference.py.)"""
 
 import pytest
 import torch
 
 import pyae
-
-CUDA_AVAILABLE = torch.cuda.is_available() and pyae.has_cuda_kernels()
-
-# Every op test runs on each device; the CUDA ones are reported as skipped where there is
-# no GPU (or a CPU-only build), so a CPU run shows what it did not cover.
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs a CUDA GPU and a CUDA build")),
-]
+from helpers import DEVICES
 
 
 def pytest_report_header(config):

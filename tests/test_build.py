@@ -17,8 +17,9 @@ DEVICE_GENERIC = {"weight_decay", "weight_decay_backward", "masked_sigmoid_encod
 
 
 def test_operators_are_registered():
-    # Every operator has a CPU kernel (and a CUDA one in a CUDA build); every forward
-    # operator has its C++ autograd kernel.
+    # Every operator has a CPU kernel (and a CUDA one in a CUDA build), a C++ autograd kernel
+    # (the backward operators' makes double backward exact) and autocast kernels for both
+    # devices.
     has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
     for name in FORWARD_OPERATORS + BACKWARD_OPERATORS:
         assert hasattr(torch.ops.pyae, name)
@@ -27,8 +28,9 @@ def test_operators_are_registered():
             continue
         assert has_kernel(f"pyae::{name}", "CPU"), name
         assert has_kernel(f"pyae::{name}", "CUDA") == pyae.has_cuda_kernels(), name
-    for name in FORWARD_OPERATORS:
-        assert has_kernel(f"pyae::{name}", "Autograd"), name
+    for name in FORWARD_OPERATORS + BACKWARD_OPERATORS:
+        for key in ("Autograd", "AutocastCPU", "AutocastCUDA"):
+            assert has_kernel(f"pyae::{name}", key), (name, key)
 
 
 def test_missing_extension_says_how_to_build():

@@ -1,5 +1,5 @@
 """CUDA-only checks: CPU/CUDA agreement, determinism, CUDA graphs, half-precision ranges, a
-second GPU. The device-parametrized tests of test_ops.py and test_modules.py cover the
+second GPU. The device-parametrized tests of test_encoder_ops.py and test_modules.py cover the
 rest of the CUDA side (reference, gradcheck, opcheck) wherever a GPU is present."""
 
 import pytest
@@ -7,9 +7,8 @@ import torch
 
 import pyae
 import reference
-from conftest import CUDA_AVAILABLE
+from helpers import CUDA_AVAILABLE, TOLERANCES, make_inputs
 from pyae import ops
-from test_ops import TOLERANCES, make_inputs
 
 pytestmark = pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs a CUDA GPU and a CUDA build")
 
@@ -18,28 +17,80 @@ pytestmark = pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs a CUDA GPU and
 CUDA_SHAPES = [(256, 784, 1000), (4096, 784, 1000), (37, 19, 333), (5, 3, 1001)]
 
 
-def run_op_and_backward(x, weight, b, seed=0):
-    """Forward and backward with upstream gradients drawn on the CPU, so that every device
-    sees the same ones."""
-    hidden, mean_activation, contractive = ops.sigmoid_encoder(x, weight, b)
+def upstream_gradients(x, weight, seed=0):
+    """Upstream gradients of (hidden, mean_activation, contractive), drawn on the CPU so that
+    every device sees the same ones, then moved to x's device and dtype."""
     generator = torch.Generator().manual_seed(seed)
-    upstream = [torch.randn(t.shape, generator=generator, dtype=torch.float64).to(x)
-                for t in (hidden, mean_activation, contractive)]
+    shapes = [(x.shape[0], weight.shape[0]), (weight.shape[0],), ()]
+    return [torch.randn(shape, generator=generator, dtype=torch.float64).to(x) for shape in shapes]
+
+
+def run_op_and_backward(x, weight, b, upstream):
+    hidden, mean_activation, contractive = ops.sigmoid_encoder(x, weight, b)
     grads = ops.sigmoid_encoder_backward(*upstream, x, weight, hidden)
     return (hidden, mean_activation, contractive, *grads)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def assert_agree(got, wanted, dtype):
+    # Gradients sum up to B or k products: compare relative to the largest entry.
+    scale = wanted.abs().max().item() if wanted.numel() else 0.0
+    torch.testing.assert_close(got.cpu().double(), wanted.double(), rtol=TOLERANCES[dtype]["rtol"],
+                               atol=TOLERANCES[dtype]["atol"] + TOLERANCES[dtype]["rtol"] * scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", CUDA_SHAPES)
 def test_cpu_and_cuda_agree(dtype, shape):
+    # Both backends sum the same rounded h (the half types round h to the dtype before the
+    # statistics, forward and backward alike).
     x, weight, b = make_inputs(*shape, dtype=dtype, seed=11)
-    on_cpu = run_op_and_backward(x, weight, b)
-    on_cuda = run_op_and_backward(x.cuda(), weight.cuda(), b.cuda())
+    upstream = upstream_gradients(x, weight)
+    on_cpu = run_op_and_backward(x, weight, b, upstream)
+    on_cuda = run_op_and_backward(x.cuda(), weight.cuda(), b.cuda(), [u.cuda() for u in upstream])
     for got, wanted in zip(on_cuda, on_cpu):
-        # Gradients sum up to B or k products: compare relative to their largest entry.
-        scale = wanted.abs().max().item()
-        torch.testing.assert_close(got.cpu(), wanted, rtol=TOLERANCES[dtype]["rtol"],
-                                   atol=TOLERANCES[dtype]["atol"] + TOLERANCES[dtype]["rtol"] * scale)
+        assert_agree(got, wanted, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cross_entropy", [True, False])
+def test_cpu_and_cuda_agree_on_the_reconstruction_loss(dtype, cross_entropy):
+    generator = torch.Generator().manual_seed(17)
+    logits = (torch.randn(300, 785, generator=generator, dtype=torch.float64) * 4).to(dtype)
+    target = torch.rand(300, 785, generator=generator, dtype=torch.float64).to(dtype)
+    grad_reconstruction = torch.randn(300, 785, generator=generator, dtype=torch.float64).to(dtype)
+    grad_loss = torch.tensor(0.8, dtype=dtype)
+
+    def run(device):
+        reconstruction, loss = ops.sigmoid_reconstruction_loss(logits.to(device), target.to(device), cross_entropy)
+        grad = ops.sigmoid_reconstruction_loss_backward(grad_reconstruction.to(device), grad_loss.to(device),
+                                                        reconstruction, target.to(device), cross_entropy)
+        return reconstruction, loss, grad
+
+    for got, wanted in zip(run("cuda"), run("cpu")):
+        assert_agree(got, wanted, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_cpu_and_cuda_agree_on_the_kl_penalty(dtype):
+    generator = torch.Generator().manual_seed(18)
+    rho_hat = (torch.rand(1000, generator=generator, dtype=torch.float64) * 0.98 + 0.01).to(dtype)
+    rho_hat[:3] = torch.tensor([0.0, 1.0, 0.5])
+    grad = torch.tensor(1.5, dtype=dtype)
+    for device_result, cpu_result in zip(
+        (ops.kl_sparsity(rho_hat.cuda(), 0.05), ops.kl_sparsity_backward(grad.cuda(), rho_hat.cuda(), 0.05)),
+        (ops.kl_sparsity(rho_hat, 0.05), ops.kl_sparsity_backward(grad, rho_hat, 0.05)),
+    ):
+        assert_agree(device_result, cpu_result, dtype)
+
+
+def test_cross_entropy_target_outside_the_unit_interval_gives_nan_on_cuda():
+    # No host synchronization to raise (the CPU raises a ValueError): the loss is NaN.
+    logits = torch.zeros(4, 5, device="cuda")
+    target = torch.full((4, 5), 0.5, device="cuda")
+    assert torch.isfinite(ops.sigmoid_reconstruction_loss(logits, target, True).loss)
+    target[2, 3] = 1.5
+    assert torch.isnan(ops.sigmoid_reconstruction_loss(logits, target, True).loss)
+    assert torch.isfinite(ops.sigmoid_reconstruction_loss(logits, target, False).loss)  # squared error takes any
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
@@ -67,9 +118,10 @@ def test_gradients_match_reference_on_cuda(dtype, shape):
 @pytest.mark.parametrize("shape", CUDA_SHAPES)
 def test_cuda_is_deterministic(dtype, shape):
     x, weight, b = make_inputs(*shape, dtype=dtype, device="cuda", seed=14)
-    first = run_op_and_backward(x, weight, b)
+    upstream = upstream_gradients(x, weight)
+    first = run_op_and_backward(x, weight, b, upstream)
     for _ in range(3):
-        again = run_op_and_backward(x, weight, b)
+        again = run_op_and_backward(x, weight, b, upstream)
         for got, wanted in zip(again, first):
             assert torch.equal(got, wanted)
 
@@ -89,18 +141,21 @@ def test_half_precision_saturation_stays_finite(dtype):
 
 def test_cuda_graph_capture_and_replay():
     x, weight, b = make_inputs(256, 784, 1000, dtype=torch.float32, device="cuda", seed=15)
+    # Everything the captured work reads is on the device before the capture: a host-to-device
+    # copy is not allowed while a stream captures.
+    upstream = upstream_gradients(x, weight)
     static_x = x.clone()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        run_op_and_backward(static_x, weight, b)  # warm-up on the side stream
+        run_op_and_backward(static_x, weight, b, upstream)  # warm-up on the side stream
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        captured = run_op_and_backward(static_x, weight, b)
+        captured = run_op_and_backward(static_x, weight, b, upstream)
     static_x.copy_(x * 0.5)
     graph.replay()
-    expected = run_op_and_backward(x * 0.5, weight, b)
+    expected = run_op_and_backward(x * 0.5, weight, b, upstream)
     for got, wanted in zip(captured, expected):
         torch.testing.assert_close(got, wanted)
 
@@ -125,7 +180,7 @@ def test_reduce_overhead_compile_matches_eager():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
 def test_tensors_on_second_gpu():
     x, weight, b = make_inputs(64, 30, 50, dtype=torch.float32, device="cuda:1", seed=16)
-    outputs = run_op_and_backward(x, weight, b)
+    outputs = run_op_and_backward(x, weight, b, upstream_gradients(x, weight))
     assert all(t.device == torch.device("cuda:1") for t in outputs)
     expected = reference.sigmoid_encoder(x, weight, b)
     for got, wanted in zip(outputs[:3], expected):

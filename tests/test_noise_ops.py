@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import CUDA_AVAILABLE
+from helpers import CUDA_AVAILABLE
 from pyae import functional as PF
 from pyae import ops
 

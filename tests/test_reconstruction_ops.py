@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import reference
 from pyae import functional as PF
 from pyae import ops
-from test_ops import TOLERANCES
+from helpers import TOLERANCES
 
 LOSSES = {"cross_entropy": True, "mse": False}
 SHAPES = [(1, 1), (3, 7), (130, 600)]

@@ -17,7 +17,6 @@
 namespace pyae {
 namespace {
 
-using cpu::accumulation_dtype;
 using cpu::sum_row_tiles;
 using cpu::RowTiles;
 
@@ -81,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_cpu(
   const at::Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
   const int64_t B = logits.size(0), n = logits.size(1);
   const RowTiles tiles(B);
-  const auto acc_options = logits.options().dtype(accumulation_dtype(logits.scalar_type()));
+  const auto acc_options = logits.options().dtype(at::toOpMathType(logits.scalar_type()));
   // One workspace: partials[t][j], the loss summed over the rows of row tile t for feature
   // j, then their totals (n,).
   at::Tensor workspace = at::empty({(tiles.count + 1) * n}, acc_options);

@@ -17,7 +17,6 @@ namespace pyae {
 namespace {
 
 using cpu::RowTiles;
-using cpu::accumulation_dtype;
 using cpu::sum_row_tiles;
 
 // Adds sum_i h_il and sum_i d_il^2 over rows [r0, r1) into h_sum[l], d2_sum[l]. The
@@ -40,14 +39,14 @@ PYAE_CPU_MULTIVERSION void add_activation_sums(const scalar_t* __restrict h, acc
 // kHasGradHidden picks the loop without the (absent) grad_hidden stream.
 template <bool kHasGradHidden, typename scalar_t, typename acc_t>
 PYAE_CPU_MULTIVERSION void delta_rows(const scalar_t* __restrict h, const scalar_t* __restrict g_h,
-                                      const acc_t* __restrict rho_term, const acc_t* __restrict coef,
+                                      const acc_t* __restrict column_term, const acc_t* __restrict coef,
                                       scalar_t* __restrict out, acc_t* __restrict delta_sum, acc_t* __restrict d2_sum,
                                       int64_t r0, int64_t r1, int64_t k) {
   for (int64_t i = r0; i < r1; ++i) {
     const int64_t offset = i * k;
     for (int64_t l = 0; l < k; ++l) {
       const acc_t value = static_cast<acc_t>(h[offset + l]);
-      acc_t upstream = rho_term[l];
+      acc_t upstream = column_term[l];
       if constexpr (kHasGradHidden) upstream += static_cast<acc_t>(g_h[offset + l]);
       const acc_t delta_il = pre_activation_grad(value, upstream, coef[l]);
       const acc_t d = sigmoid_slope(value);
@@ -87,33 +86,34 @@ PYAE_CPU_MULTIVERSION void squared_norms_of_rows(const scalar_t* __restrict weig
 }
 
 template <typename scalar_t, typename acc_t>
-void squared_row_norms(const scalar_t* weight, int64_t k, int64_t n, acc_t* out) {
+void squared_row_norms_of(const scalar_t* weight, int64_t k, int64_t n, acc_t* out) {
   at::parallel_for(0, k, std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)), [&](int64_t first, int64_t last) {
     squared_norms_of_rows(weight, n, first, last, out);
   });
 }
 
 struct CpuBackend {
-  static std::tuple<at::Tensor, at::Tensor> activate_and_reduce(at::Tensor& hidden, const at::Tensor& weight) {
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> activate_and_reduce(at::Tensor& hidden, const at::Tensor& weight) {
     const int64_t B = hidden.size(0), k = hidden.size(1), n = weight.size(1);
     const RowTiles tiles(B);
-    const auto acc_options = hidden.options().dtype(accumulation_dtype(hidden.scalar_type()));
+    const auto acc_options = hidden.options().dtype(at::toOpMathType(hidden.scalar_type()));
     // One workspace (allocations are much of a small batch's cost): the partial sums of each
     // row tile t, partials[t][0] = sum_i h_il and partials[t][1] = sum_i d_il^2, then their
-    // totals (2, k), then c (k,).
-    at::Tensor workspace = at::empty({(tiles.count + 1) * 2 * k + k}, acc_options);
+    // totals (2, k).
+    at::Tensor workspace = at::empty({(tiles.count + 1) * 2 * k}, acc_options);
     at::Tensor mean_activation = at::empty({k}, hidden.options());
     at::Tensor contractive = at::empty({}, hidden.options());
+    at::Tensor squared_row_norms = at::empty({k}, acc_options);
 
-    // Per tile: ATen's vectorized sigmoid in place (see tiles.h), then the column sums while
-    // the tile is in cache, which vectorize from plain C++: together they beat one pass with
-    // a scalar exp.
+    // Per tile: ATen's vectorized sigmoid in place (see tiles.h), then the column sums of
+    // the rounded h while the tile is in cache, which vectorize from plain C++: together
+    // they beat one pass with a scalar exp.
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hidden.scalar_type(), "pyae_sigmoid_encoder_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* h = hidden.const_data_ptr<scalar_t>();
       acc_t* partial = workspace.mutable_data_ptr<acc_t>();
       acc_t* total = partial + tiles.count * 2 * k;
-      acc_t* c = total + 2 * k;
+      acc_t* c = squared_row_norms.mutable_data_ptr<acc_t>();
       tiles.for_each([&](int64_t r0, int64_t r1, int64_t tile) {
         cpu::sigmoid_rows(hidden, hidden, r0, r1);
         acc_t* h_sum = partial + tile * 2 * k;
@@ -121,37 +121,39 @@ struct CpuBackend {
         add_activation_sums(h, h_sum, h_sum + k, r0, r1, k);
       });
       sum_row_tiles(partial, tiles.count, 2, k, total);
-      squared_row_norms(weight.data_ptr<scalar_t>(), k, n, c);
+      squared_row_norms_of(weight.const_data_ptr<scalar_t>(), k, n, c);
 
-      scalar_t* mean = mean_activation.data_ptr<scalar_t>();
+      scalar_t* mean = mean_activation.mutable_data_ptr<scalar_t>();
       acc_t penalty = 0;
       for (int64_t l = 0; l < k; ++l) {
         mean[l] = static_cast<scalar_t>(total[l] / B);
         penalty += c[l] * total[k + l];
       }
-      *contractive.data_ptr<scalar_t>() = static_cast<scalar_t>(penalty / B);
+      *contractive.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(penalty / B);
     });
-    return {mean_activation, contractive};
+    return {mean_activation, contractive, squared_row_norms};
   }
 
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_pass(
       const at::Tensor& hidden,
       const at::Tensor& weight,
+      const c10::optional<at::Tensor>& squared_row_norms,
       const c10::optional<at::Tensor>& grad_hidden,
+      const c10::optional<at::Tensor>& grad_hidden_row,
       const c10::optional<at::Tensor>& grad_mean_activation,
       const c10::optional<at::Tensor>& grad_contractive,
       bool want_column_sums,
       bool want_row_scale) {
     const int64_t B = hidden.size(0), k = hidden.size(1), n = weight.size(1);
     const RowTiles tiles(B);
-    const auto acc_options = hidden.options().dtype(accumulation_dtype(hidden.scalar_type()));
+    const auto acc_options = hidden.options().dtype(at::toOpMathType(hidden.scalar_type()));
     const bool has_contractive = grad_contractive.has_value();
     want_row_scale = want_row_scale && has_contractive;
     // partials[t][0]: sum_i delta_il, partials[t][1]: sum_i d_il^2, for row tile t. The sums
     // cost nothing next to the pass's memory traffic, so they are always taken.
     const bool sums = want_column_sums || want_row_scale;
     // One workspace: the row tiles' partial sums (count, 2, k) | their totals (2, k) | the
-    // per-column coefficients g_rho_l / B and g_c * (2/B) * c_l, (2, k).
+    // per-column terms g_h,row_l + g_rho_l / B and g_c * (2/B) * c_l, (2, k).
     at::Tensor workspace = at::empty({(tiles.count + 2) * 2 * k}, acc_options);
     at::Tensor delta = at::empty_like(hidden);
     at::Tensor grad_bias, row_scale;
@@ -163,17 +165,26 @@ struct CpuBackend {
       const acc_t inv_batch = acc_t(1) / static_cast<acc_t>(B);
       acc_t* partial = workspace.mutable_data_ptr<acc_t>();
       acc_t* total = partial + tiles.count * 2 * k;
-      acc_t* rho_term = total + 2 * k;
-      acc_t* coef = rho_term + k;
-      std::fill(rho_term, rho_term + 2 * k, acc_t(0));
+      acc_t* column_term = total + 2 * k;
+      acc_t* coef = column_term + k;
+      std::fill(column_term, column_term + 2 * k, acc_t(0));
       if (grad_mean_activation.has_value()) {
-        const scalar_t* g_rho = grad_mean_activation->data_ptr<scalar_t>();
-        for (int64_t l = 0; l < k; ++l) rho_term[l] = static_cast<acc_t>(g_rho[l]) * inv_batch;
+        const scalar_t* g_rho = grad_mean_activation->const_data_ptr<scalar_t>();
+        for (int64_t l = 0; l < k; ++l) column_term[l] = static_cast<acc_t>(g_rho[l]) * inv_batch;
+      }
+      if (grad_hidden_row.has_value()) {
+        const scalar_t* g_row = grad_hidden_row->const_data_ptr<scalar_t>();
+        for (int64_t l = 0; l < k; ++l) column_term[l] += static_cast<acc_t>(g_row[l]);
       }
       acc_t contractive_scale = 0;
       if (has_contractive) {
-        contractive_scale = static_cast<acc_t>(grad_contractive->data_ptr<scalar_t>()[0]) * 2 * inv_batch;
-        squared_row_norms(weight.data_ptr<scalar_t>(), k, n, coef);
+        contractive_scale = static_cast<acc_t>(grad_contractive->const_data_ptr<scalar_t>()[0]) * 2 * inv_batch;
+        if (squared_row_norms.has_value()) {
+          const acc_t* c = squared_row_norms->const_data_ptr<acc_t>();
+          std::copy(c, c + k, coef);
+        } else {
+          squared_row_norms_of(weight.const_data_ptr<scalar_t>(), k, n, coef);
+        }
         for (int64_t l = 0; l < k; ++l) coef[l] *= contractive_scale;
       }
 
@@ -183,11 +194,11 @@ struct CpuBackend {
         acc_t* delta_sum = partial + tile * 2 * k;
         std::fill(delta_sum, delta_sum + 2 * k, acc_t(0));
         if (grad_hidden.has_value()) {
-          delta_rows<true>(h, grad_hidden->const_data_ptr<scalar_t>(), rho_term, coef, out, delta_sum, delta_sum + k,
-                           r0, r1, k);
+          delta_rows<true>(h, grad_hidden->const_data_ptr<scalar_t>(), column_term, coef, out, delta_sum,
+                           delta_sum + k, r0, r1, k);
         } else {
-          delta_rows<false>(h, static_cast<const scalar_t*>(nullptr), rho_term, coef, out, delta_sum, delta_sum + k,
-                            r0, r1, k);
+          delta_rows<false>(h, static_cast<const scalar_t*>(nullptr), column_term, coef, out, delta_sum,
+                            delta_sum + k, r0, r1, k);
         }
       });
       if (sums) {

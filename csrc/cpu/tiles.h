@@ -92,10 +92,5 @@ inline void sigmoid_rows(const at::Tensor& input, const at::Tensor& output, int6
   at::sigmoid_out(out, input.narrow(0, r0, r1 - r0));
 }
 
-// float for float/half/bfloat16, double for double: the type partial sums are kept in.
-inline at::ScalarType accumulation_dtype(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 }  // namespace cpu
 }  // namespace pyae

@@ -1,5 +1,6 @@
-// CUDA backend of the fused sigmoid decoder + reconstruction loss (the CPU backend,
-// cpu/decoder_kernels.cpp, computes the same per-element expressions from kernel_math.h):
+// CUDA backend of the fused sigmoid decoder + reconstruction loss (the per-element formulas
+// of kernel_math.h; the CPU backend, cpu/decoder_kernels.cpp, computes the same values with
+// a vectorizable series for the logarithm):
 //
 //   forward   loss_kernel            reconstruction = sigmoid(z), per-block sums of the loss terms
 //             loss_finalize_kernel   loss = (sum of the block sums) / B, one block
@@ -27,6 +28,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/ceil_div.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -34,6 +36,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <tuple>
 #include <type_traits>
 
@@ -44,10 +47,9 @@
 namespace pyae {
 namespace {
 
-using cuda_detail::ceil_div;
+using at::ceil_div;
 using cuda_detail::is_aligned;
 using cuda_detail::load_pack;
-using cuda_detail::opmath_dtype;
 using cuda_detail::Pack;
 using cuda_detail::store_pack;
 
@@ -81,7 +83,7 @@ struct FlatGrid {
   int64_t items;
   int64_t blocks;
   FlatGrid(int64_t numel, int vec)
-      : items(ceil_div(numel, vec)), blocks(std::min(ceil_div(items, kThreads), kMaxBlocks)) {}
+      : items(ceil_div<int64_t>(numel, vec)), blocks(std::min(ceil_div<int64_t>(items, kThreads), kMaxBlocks)) {}
 };
 
 // ---------------------------------------------------------------------------------------
@@ -170,10 +172,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) loss_kernel(
 #pragma unroll
         for (int v = 0; v < VEC; ++v) {
           if (v < count) {
-            const auto terms = sigmoid_loss_terms(
-                static_cast<acc_t>(z[u].val[v]), static_cast<acc_t>(x[u].val[v]), kCrossEntropy);
+            const acc_t x_value = static_cast<acc_t>(x[u].val[v]);
+            const auto terms = sigmoid_loss_terms(static_cast<acc_t>(z[u].val[v]), x_value, kCrossEntropy);
             out.val[v] = static_cast<scalar_t>(terms.reconstruction);
-            sum += terms.loss;
+            // A cross-entropy target outside [0, 1] has no meaningful loss: it makes the
+            // loss NaN, which the caller sees without a host synchronization here (the CPU
+            // kernel raises instead).
+            const bool valid = !kCrossEntropy || (x_value >= acc_t(0) && x_value <= acc_t(1));
+            sum += valid ? terms.loss : std::numeric_limits<acc_t>::quiet_NaN();
           }
         }
         store_item<kVector, VEC>(reconstruction, first, count, out);
@@ -292,7 +298,7 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_cuda(
     const bool vector = is_aligned(z, kVectorBytes) && is_aligned(x, kVectorBytes) && is_aligned(xhat, kVectorBytes);
     const FlatGrid grid(numel, VEC);
 
-    at::Tensor workspace = at::empty({grid.blocks}, logits.options().dtype(opmath_dtype(logits.scalar_type())));
+    at::Tensor workspace = at::empty({grid.blocks}, logits.options().dtype(at::toOpMathType(logits.scalar_type())));
     acc_t* partials = workspace.mutable_data_ptr<acc_t>();
 
     with_flags(vector, cross_entropy, [&](auto vector_access, auto ce) {

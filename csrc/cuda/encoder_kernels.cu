@@ -5,7 +5,8 @@
 //
 //   forward   activate_kernel            h = sigmoid(a) in place, per-chunk column sums of h, d^2
 //             forward_finalize_kernel    mean_activation, c_l = ||W_l||^2, contractive scalar
-//   backward  squared_row_norms_kernel   c_l (only when grad_contractive is given)
+//   backward  squared_row_norms_kernel   c_l (only when grad_contractive is given and the
+//                                        forward's c is not)
 //             delta_kernel               delta_a, per-chunk column sums of delta_a, d^2
 //             backward_finalize_kernel   grad_bias, row_scale (only when either is wanted)
 //   sparsity  kl_sparsity_kernel and its backward: the KL penalty of the mean activations
@@ -26,6 +27,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/ceil_div.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -43,10 +45,9 @@
 namespace pyae {
 namespace {
 
-using cuda_detail::ceil_div;
+using at::ceil_div;
 using cuda_detail::is_aligned;
 using cuda_detail::load_pack;
-using cuda_detail::opmath_dtype;
 using cuda_detail::Pack;
 using cuda_detail::store_pack;
 
@@ -174,9 +175,9 @@ __device__ __forceinline__ at::opmath_type<scalar_t> warp_squared_norm(const sca
 
 // hidden (B, k) holds a on entry and h = sigmoid(a) on exit. Block (tile, chunk) writes
 // partials[chunk][0][l] = sum_i h_il and partials[chunk][1][l] = sum_i d_il^2 over the rows
-// of its chunk, for the columns of its tile. h and d are taken before h is rounded to
-// scalar_t, as on the CPU. Block (0, 0) also zeroes the ticket counter of the finalize
-// kernel that follows on the same stream.
+// of its chunk, for the columns of its tile. h is rounded to scalar_t before it enters the
+// sums, as on the CPU and in both backwards. Block (0, 0) also zeroes the ticket counter of
+// the finalize kernel that follows on the same stream.
 template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kPassThreads, kPassMinBlocksPerSM) activate_kernel(
     scalar_t* __restrict__ hidden, int64_t B, int64_t k, int64_t rows_per_chunk,
@@ -213,9 +214,10 @@ __global__ void __launch_bounds__(kPassThreads, kPassMinBlocksPerSM) activate_ke
           Pack<scalar_t, VEC> out;
 #pragma unroll
           for (int v = 0; v < VEC; ++v) {
-            const acc_t h = sigmoid(static_cast<acc_t>(a[u].val[v]));
+            const scalar_t rounded = static_cast<scalar_t>(sigmoid(static_cast<acc_t>(a[u].val[v])));
+            const acc_t h = static_cast<acc_t>(rounded);
             const acc_t d = sigmoid_slope(h);
-            out.val[v] = static_cast<scalar_t>(h);
+            out.val[v] = rounded;
             h_sum[v] += h;
             d2_sum[v] += d * d;
           }
@@ -237,15 +239,17 @@ __global__ void __launch_bounds__(kPassThreads, kPassMinBlocksPerSM) activate_ke
 }
 
 // Block b owns columns [16 b, 16 b + 16): it adds the chunk partials of its columns (chunk
-// order, then lane order), writes mean_activation_l = S_h,l / B, computes c_l = ||W_l||^2 for
-// its 16 rows of weight (a warp per row), and publishes its term sum_l c_l * S_d2,l to
+// order, then lane order), writes mean_activation_l = S_h,l / B, computes and writes
+// c_l = ||W_l||^2 for its 16 rows of weight (a warp per row), and publishes its term
+// sum_l c_l * S_d2,l to
 // block_terms[b]. The last block to finish (integer ticket) adds block_terms in block order
 // with a tree and writes contractive = total / B.
 template <typename scalar_t, int WVEC>
 __global__ void __launch_bounds__(kFinalizeThreads) forward_finalize_kernel(
     const at::opmath_type<scalar_t>* __restrict__ partials, int64_t chunks, const scalar_t* __restrict__ weight,
     int64_t B, int64_t k, int64_t n, scalar_t* __restrict__ mean_activation,
-    at::opmath_type<scalar_t>* __restrict__ block_terms, unsigned int* __restrict__ counter,
+    at::opmath_type<scalar_t>* __restrict__ squared_row_norms, at::opmath_type<scalar_t>* __restrict__ block_terms,
+    unsigned int* __restrict__ counter,
     scalar_t* __restrict__ contractive) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t lane_sums[kFinalizeLanes][2][kFinalizeColumns];
@@ -276,6 +280,7 @@ __global__ void __launch_bounds__(kFinalizeThreads) forward_finalize_kernel(
     acc_t term = 0;
     if (col < k) {
       mean_activation[col] = static_cast<scalar_t>(combine_lanes(lane_sums, 0, tid) / batch);
+      squared_row_norms[col] = norms[tid];
       term = norms[tid] * combine_lanes(lane_sums, 1, tid);
     }
     column_terms[tid] = term;
@@ -322,14 +327,16 @@ __global__ void __launch_bounds__(kNormThreads) squared_row_norms_kernel(
   if (lane == 0) norms[row] = c;
 }
 
-// delta_il = pre_activation_grad(h_il, g_h,il + g_rho,l / B, g_c * (2/B) * c_l), with each
-// absent gradient (null pointer) read as zero. When partials is not null, block (tile, chunk)
+// delta_il = pre_activation_grad(h_il, g_h,il + g_row,l + g_rho,l / B, g_c * (2/B) * c_l),
+// with each absent gradient (null pointer) read as zero (g_row: a grad_hidden broadcast
+// along the batch). When partials is not null, block (tile, chunk)
 // also writes partials[chunk][0][l] = sum_i delta_il and partials[chunk][1][l] = sum_i d_il^2
 // over its chunk's rows. g_c is read here, on the device, so the host never waits for it.
 template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kPassThreads, kPassMinBlocksPerSM) delta_kernel(
     const scalar_t* __restrict__ hidden, const scalar_t* __restrict__ grad_hidden,
-    const scalar_t* __restrict__ grad_mean_activation, const scalar_t* __restrict__ grad_contractive,
+    const scalar_t* __restrict__ grad_hidden_row, const scalar_t* __restrict__ grad_mean_activation,
+    const scalar_t* __restrict__ grad_contractive,
     const at::opmath_type<scalar_t>* __restrict__ row_norms, scalar_t* __restrict__ delta, int64_t B, int64_t k,
     int64_t rows_per_chunk, at::opmath_type<scalar_t>* __restrict__ partials) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -358,6 +365,7 @@ __global__ void __launch_bounds__(kPassThreads, kPassMinBlocksPerSM) delta_kerne
     for (int v = 0; v < VEC; ++v) {
       rho_term[v] = grad_mean_activation != nullptr ? static_cast<acc_t>(grad_mean_activation[col + v]) * inv_batch
                                                     : acc_t(0);
+      if (grad_hidden_row != nullptr) rho_term[v] += static_cast<acc_t>(grad_hidden_row[col + v]);
       coef[v] = grad_contractive != nullptr ? row_norms[col + v] * contractive_scale : acc_t(0);
     }
 
@@ -464,13 +472,15 @@ void with_width(bool wide, const F& f) {
 }
 
 struct CudaBackend {
-  static std::tuple<at::Tensor, at::Tensor> activate_and_reduce(at::Tensor& hidden, const at::Tensor& weight) {
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> activate_and_reduce(at::Tensor& hidden, const at::Tensor& weight) {
     const c10::cuda::CUDAGuard device_guard(hidden.device());
     const int64_t B = hidden.size(0), k = hidden.size(1), n = weight.size(1);
+    const auto acc_options = hidden.options().dtype(at::toOpMathType(hidden.scalar_type()));
     at::Tensor mean_activation = at::empty({k}, hidden.options());
+    at::Tensor squared_row_norms = at::empty({k}, acc_options);
     if (k == 0) {
       // Nothing to activate; the penalty of zero hidden units is 0.
-      return {mean_activation, at::zeros({}, hidden.options())};
+      return {mean_activation, at::zeros({}, hidden.options()), squared_row_norms};
     }
     at::Tensor contractive = at::empty({}, hidden.options());
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -483,12 +493,11 @@ struct CudaBackend {
       const bool wide_rows = k % kWide == 0 && is_aligned(h, kWide * sizeof(scalar_t));
       const bool wide_weight = n % kWide == 0 && is_aligned(w, kWide * sizeof(scalar_t));
       const PassGrid pass(B, k, kWide, wide_rows ? kWide : 1);
-      const int64_t finalize_blocks = ceil_div(k, kFinalizeColumns);
+      const int64_t finalize_blocks = ceil_div<int64_t>(k, kFinalizeColumns);
 
       // One workspace: chunk partials (chunks, 2, k) | one term per finalize block | the
       // finalize's ticket counter (an unsigned int in the last slot).
-      at::Tensor workspace =
-          at::empty({pass.chunks * 2 * k + finalize_blocks + 1}, hidden.options().dtype(opmath_dtype(hidden.scalar_type())));
+      at::Tensor workspace = at::empty({pass.chunks * 2 * k + finalize_blocks + 1}, acc_options);
       acc_t* partials = workspace.mutable_data_ptr<acc_t>();
       acc_t* block_terms = partials + pass.chunks * 2 * k;
       unsigned int* counter = reinterpret_cast<unsigned int*>(block_terms + finalize_blocks);
@@ -502,18 +511,20 @@ struct CudaBackend {
       with_width<kWide>(wide_weight, [&](auto width) {
         constexpr int WVEC = decltype(width)::value;
         forward_finalize_kernel<scalar_t, WVEC><<<static_cast<unsigned>(finalize_blocks), kFinalizeThreads, 0, stream>>>(
-            partials, pass.chunks, w, B, k, n, mean_activation.mutable_data_ptr<scalar_t>(), block_terms, counter,
-            contractive.mutable_data_ptr<scalar_t>());
+            partials, pass.chunks, w, B, k, n, mean_activation.mutable_data_ptr<scalar_t>(),
+            squared_row_norms.mutable_data_ptr<acc_t>(), block_terms, counter, contractive.mutable_data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
-    return {mean_activation, contractive};
+    return {mean_activation, contractive, squared_row_norms};
   }
 
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_pass(
       const at::Tensor& hidden,
       const at::Tensor& weight,
+      const c10::optional<at::Tensor>& squared_row_norms,
       const c10::optional<at::Tensor>& grad_hidden,
+      const c10::optional<at::Tensor>& grad_hidden_row,
       const c10::optional<at::Tensor>& grad_mean_activation,
       const c10::optional<at::Tensor>& grad_contractive,
       bool want_column_sums,
@@ -538,6 +549,7 @@ struct CudaBackend {
           constexpr size_t kWideBytes = kWide * sizeof(scalar_t);
           const scalar_t* h = hidden.const_data_ptr<scalar_t>();
           const scalar_t* g_h = grad_hidden.has_value() ? grad_hidden->const_data_ptr<scalar_t>() : nullptr;
+          const scalar_t* g_row = grad_hidden_row.has_value() ? grad_hidden_row->const_data_ptr<scalar_t>() : nullptr;
           const scalar_t* g_rho =
               grad_mean_activation.has_value() ? grad_mean_activation->const_data_ptr<scalar_t>() : nullptr;
           const scalar_t* g_c = has_contractive ? grad_contractive->const_data_ptr<scalar_t>() : nullptr;
@@ -548,32 +560,36 @@ struct CudaBackend {
           const bool wide_weight = n % kWide == 0 && is_aligned(w, kWideBytes);
           const PassGrid pass(B, k, kWide, wide_rows ? kWide : 1);
 
-          // One workspace: c (k,) when g_c is given | chunk partials (chunks, 2, k) when
-          // a column sum is wanted.
-          const int64_t norms_size = has_contractive ? k : 0;
+          // One workspace: c (k,) when g_c is given without the forward's c | chunk
+          // partials (chunks, 2, k) when a column sum is wanted.
+          const bool compute_norms = has_contractive && !squared_row_norms.has_value();
+          const int64_t norms_size = compute_norms ? k : 0;
           const int64_t partials_size = reduce ? pass.chunks * 2 * k : 0;
-          at::Tensor workspace =
-              at::empty({norms_size + partials_size}, hidden.options().dtype(opmath_dtype(hidden.scalar_type())));
-          acc_t* norms = has_contractive ? workspace.mutable_data_ptr<acc_t>() : nullptr;
+          at::Tensor workspace = at::empty({norms_size + partials_size}, hidden.options().dtype(at::toOpMathType(hidden.scalar_type())));
+          const acc_t* norms = nullptr;
+          if (has_contractive) {
+            norms = compute_norms ? workspace.mutable_data_ptr<acc_t>() : squared_row_norms->const_data_ptr<acc_t>();
+          }
           acc_t* partials = reduce ? workspace.mutable_data_ptr<acc_t>() + norms_size : nullptr;
 
-          if (has_contractive) {
+          if (compute_norms) {
             with_width<kWide>(wide_weight, [&](auto width) {
               constexpr int WVEC = decltype(width)::value;
               squared_row_norms_kernel<scalar_t, WVEC>
-                  <<<static_cast<unsigned>(ceil_div(k, kNormWarps)), kNormThreads, 0, stream>>>(w, k, n, norms);
+                  <<<static_cast<unsigned>(ceil_div<int64_t>(k, kNormWarps)), kNormThreads, 0, stream>>>(
+                      w, k, n, workspace.mutable_data_ptr<acc_t>());
               C10_CUDA_KERNEL_LAUNCH_CHECK();
             });
           }
           with_width<kWide>(wide_rows, [&](auto width) {
             constexpr int VEC = decltype(width)::value;
             delta_kernel<scalar_t, VEC><<<pass.grid(), PassGrid::block(), 0, stream>>>(
-                h, g_h, g_rho, g_c, norms, out, B, k, pass.rows_per_chunk, partials);
+                h, g_h, g_row, g_rho, g_c, norms, out, B, k, pass.rows_per_chunk, partials);
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           });
           if (reduce) {
             backward_finalize_kernel<scalar_t>
-                <<<static_cast<unsigned>(ceil_div(k, kFinalizeColumns)), kFinalizeThreads, 0, stream>>>(
+                <<<static_cast<unsigned>(ceil_div<int64_t>(k, kFinalizeColumns)), kFinalizeThreads, 0, stream>>>(
                     partials, pass.chunks, B, k, g_c, want_column_sums ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr,
                     want_row_scale ? row_scale.mutable_data_ptr<scalar_t>() : nullptr);
             C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -640,7 +656,7 @@ at::Tensor kl_sparsity_backward_cuda(const at::Tensor& grad, const at::Tensor& m
   const int64_t count = mean_activation.numel();
   if (count == 0) return grad_mean_activation;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(count, kKlThreads), 1024));
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div<int64_t>(count, kKlThreads), 1024));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean_activation.scalar_type(), "pyae_kl_sparsity_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     kl_sparsity_backward_kernel<scalar_t, acc_t><<<blocks, kKlThreads, 0, stream>>>(

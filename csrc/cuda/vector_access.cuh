@@ -1,4 +1,4 @@
-// Vector memory access and launch-geometry helpers shared by the CUDA kernels.
+// Vector memory access shared by the CUDA kernels.
 //
 // A Pack<T, N> is N consecutive elements moved with one N * sizeof(T)-byte load or store.
 // Callers must check is_aligned on the base pointer (and keep offsets multiples of N)
@@ -28,18 +28,8 @@ __device__ __forceinline__ void store_pack(scalar_t* p, const Pack<scalar_t, VEC
   *reinterpret_cast<Pack<scalar_t, VEC>*>(p) = v;
 }
 
-inline int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-
 inline bool is_aligned(const void* p, size_t bytes) {
   return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
-}
-
-// The dtype partial sums are kept in: at::opmath_type's, as a ScalarType (double for
-// double, float for float/half/bfloat16).
-inline at::ScalarType opmath_dtype(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 }  // namespace cuda_detail

@@ -1,4 +1,5 @@
-"""The fused encoder operators against the float64 reference, jacrev, gradcheck and opcheck."""
+"""The fused encoder operator and its backward against the float64 reference, jacrev, gradcheck and
+opcheck."""
 
 import itertools
 
@@ -7,37 +8,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pyae
 import reference
+from helpers import DTYPES, assert_close, make_inputs
 from pyae import ops
 
-# Tolerances against the float64 reference. float32: a few ulps of accumulated rounding over
-# sums of up to ~1000 terms. float16 / bfloat16: the inputs, the matrix product's output and
-# every result are rounded to the dtype (unit roundoff 4.9e-4 and 3.9e-3); each result is a
-# short chain of such roundings on O(1) values, so a few units of roundoff, relative, bound it.
-TOLERANCES = {
-    torch.float64: dict(rtol=1e-10, atol=1e-12),
-    torch.float32: dict(rtol=2e-5, atol=2e-6),
-    torch.float16: dict(rtol=1e-2, atol=2e-3),
-    torch.bfloat16: dict(rtol=5e-2, atol=2e-2),
-}
-DTYPES = list(TOLERANCES)
 # Shapes: tiny ones, and ones spanning several tiles of the CPU kernel (64 rows x 512 columns)
 # and of the CUDA kernel's blocks, with ragged edges.
 SHAPES = [(1, 1, 1), (3, 5, 2), (7, 13, 5), (130, 37, 600)]
-
-
-def make_inputs(batch, features, hidden, *, dtype=torch.float64, device="cpu", bias=True, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch, features, generator=generator, dtype=torch.float64)
-    weight = torch.randn(hidden, features, generator=generator, dtype=torch.float64) / features**0.5
-    b = torch.randn(hidden, generator=generator, dtype=torch.float64) * 0.5 if bias else None
-    cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
-    return cast(x), cast(weight), cast(b)
-
-
-def assert_close(actual, expected, dtype):
-    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), **TOLERANCES[dtype])
-
 
 # --------------------------------------------------------------------------------------
 # Forward
@@ -162,9 +140,52 @@ def test_backward_op_output_mask(device):
                 torch.testing.assert_close(got, wanted, rtol=1e-14, atol=1e-15)
             else:
                 assert got is None
-    raw = torch.ops.pyae.sigmoid_encoder_backward.default(grad_hidden, None, None, x, weight, hidden,
+    raw = torch.ops.pyae.sigmoid_encoder_backward.default(grad_hidden, None, None, x, weight, hidden, None,
                                                          [True, False, False])
     assert raw[1].shape == (0,) and raw[2].shape == (0,)
+
+
+def test_backward_reuses_the_forward_row_norms(device):
+    # The forward's fourth output, c = ||W_l||^2 in the accumulation dtype, is what the
+    # backward reads instead of the weight; with or without it the gradients are the same bits.
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        x, weight, b = make_inputs(70, 9, 6, dtype=dtype, device=device, seed=33)
+        hidden, _, _, norms = torch.ops.pyae.sigmoid_encoder.default(x, weight, b)
+        assert norms.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        torch.testing.assert_close(norms.double(), weight.double().pow(2).sum(1), rtol=1e-6, atol=0)
+        upstream = (torch.randn_like(hidden), None, torch.tensor(0.9, dtype=dtype, device=device))
+        with_norms = ops.sigmoid_encoder_backward(*upstream, x, weight, hidden, squared_row_norms=norms)
+        without = ops.sigmoid_encoder_backward(*upstream, x, weight, hidden)
+        for got, wanted in zip(with_norms, without):
+            assert torch.equal(got, wanted)
+    with pytest.raises(TypeError, match="squared_row_norms must have dtype"):
+        ops.sigmoid_encoder_backward(*upstream, x, weight, hidden, squared_row_norms=norms.double())
+    with pytest.raises(ValueError, match="squared_row_norms must have shape"):
+        ops.sigmoid_encoder_backward(*upstream, x, weight, hidden, squared_row_norms=norms[:-1])
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "column weights"])
+def test_broadcast_upstream_gradient_is_read_as_one_row(device, reduction):
+    # hidden.sum() hands the backward a (B, k) gradient of stride 0: read as one row, the
+    # result equals that of the same gradient materialized.
+    x, weight, b = make_inputs(150, 8, 7, device=device, seed=34)
+    inputs = [t.requires_grad_() for t in (x, weight, b)]
+    outputs = ops.sigmoid_encoder(*inputs)
+    column_weights = torch.linspace(-1, 2, 7, dtype=torch.float64, device=device)
+    row = {"sum": torch.ones(7, dtype=torch.float64, device=device),
+           "mean": torch.full((7,), 1 / (150 * 7), dtype=torch.float64, device=device),
+           "column weights": column_weights}[reduction]
+    broadcast = row.expand(150, 7)
+    assert broadcast.stride(0) == 0
+    upstream = (broadcast, torch.randn(7, dtype=torch.float64, device=device), torch.tensor(0.4, dtype=torch.float64,
+                                                                                           device=device))
+    got = torch.autograd.grad(outputs, inputs, upstream, retain_graph=True)
+    wanted = torch.autograd.grad(outputs, inputs, (broadcast.contiguous(), *upstream[1:]))
+    for g, w in zip(got, wanted):
+        torch.testing.assert_close(g, w, rtol=1e-13, atol=1e-14)
+    reference_grads = torch.autograd.grad(reference.sigmoid_encoder(*inputs), inputs, upstream)
+    for g, w in zip(got, reference_grads):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
 def test_backward_without_upstream_gradients_is_zero(device):
@@ -189,12 +210,13 @@ def test_opcheck_forward(device, bias):
 @pytest.mark.parametrize("mask", [[True, True, True], [False, True, False], [True, False, True]])
 def test_opcheck_backward(device, mask):
     x, weight, b = make_inputs(7, 5, 4, device=device, seed=9)
-    hidden, _, _ = ops.sigmoid_encoder(x, weight, b)
+    hidden, _, _, norms = torch.ops.pyae.sigmoid_encoder.default(x, weight, b)
     upstream = (torch.randn_like(hidden), torch.randn(4, dtype=x.dtype, device=device),
                 torch.tensor(0.3, dtype=x.dtype, device=device))
-    torch.library.opcheck(torch.ops.pyae.sigmoid_encoder_backward.default, (*upstream, x, weight, hidden, mask))
-    torch.library.opcheck(torch.ops.pyae.sigmoid_encoder_backward.default, (None, upstream[1], None, x, weight,
-                                                                           hidden, mask))
+    backward = torch.ops.pyae.sigmoid_encoder_backward.default
+    for saved_norms in (None, norms):
+        torch.library.opcheck(backward, (*upstream, x, weight, hidden, saved_norms, mask))
+        torch.library.opcheck(backward, (None, upstream[1], None, x, weight, hidden, saved_norms, mask))
 
 
 # --------------------------------------------------------------------------------------
@@ -212,6 +234,8 @@ BAD_INPUTS = [
     ("bias length", lambda x, w, b: (x, w, b[:-1]), ValueError, "bias must have shape"),
     ("bias 2-D", lambda x, w, b: (x, w, b[None]), ValueError, "bias must have shape"),
     ("bias dtype", lambda x, w, b: (x, w, b.float()), TypeError, "bias has dtype"),
+    ("float8", lambda x, w, b: (x.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn), None), TypeError,
+     "x must be a floating-point tensor \\(float64, float32, float16 or bfloat16\\)"),
 ]
 
 
@@ -247,6 +271,38 @@ def test_inputs_on_different_devices_raise():
     x, weight, b = make_inputs(4, 3, 2)
     with pytest.raises(ValueError, match="same device"):
         ops.sigmoid_encoder(x, weight.cuda(), b.cuda())
+
+
+def test_float8_inputs_of_every_operator_raise_type_error():
+    float8 = torch.ones(2, 3).to(torch.float8_e5m2)
+    seed = torch.tensor(1)
+    calls = [
+        lambda: ops.sigmoid_reconstruction_loss(float8, float8, True),
+        lambda: ops.kl_sparsity(float8[0], 0.1),
+        lambda: ops.weight_decay([float8]),
+        lambda: ops.mask_noise(float8, 0.5, seed),
+        lambda: ops.masked_sigmoid_encoder(float8, float8, None, 0.5, seed),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match="must be a floating-point tensor"):
+            call()
+
+
+def test_torch_export_of_a_model_runs_and_matches_eager():
+    torch.manual_seed(35)
+    model = pyae.Autoencoder(12, 6, loss="cross_entropy", sparsity_target=0.1, sparsity_weight=0.3,
+                             contractive_weight=0.2, weight_decay=0.01).eval()
+    x = torch.rand(5, 12)
+    exported = torch.export.export(model, (x,))
+    targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert {"pyae.sigmoid_encoder.default", "pyae.sigmoid_reconstruction_loss.default",
+            "pyae.kl_sparsity.default", "pyae.weight_decay.default"} <= targets
+    got = exported.module()(x)
+    wanted = model(x)
+    torch.testing.assert_close(got.loss, wanted.loss)
+    torch.testing.assert_close(got.hidden, wanted.hidden)
+    for name, term in wanted.terms.items():
+        torch.testing.assert_close(got.terms[name], term)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,54 @@
+// Every pyae operator, declared once: a C++ function per schema of pyae.cpp, defined there,
+// that calls the operator through the dispatcher (so autocast, autograd and the device
+// kernels all apply, as for a call from Python). Kernels and autograd call each other
+// through these, never through the backends directly.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <array>
+#include <tuple>
+#include <vector>
+
+namespace pyae {
+
+// (hidden, mean_activation, contractive, squared_row_norms): see pyae.cpp's schemas.
+using EncoderOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// (grad_x, grad_weight, grad_bias).
+using EncoderGradients = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+EncoderOutputs sigmoid_encoder(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
+
+EncoderOutputs masked_sigmoid_encoder(
+    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, double q,
+    const at::Tensor& seed);
+
+std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss(
+    const at::Tensor& logits, const at::Tensor& target, bool cross_entropy);
+
+at::Tensor kl_sparsity(const at::Tensor& mean_activation, double target);
+
+at::Tensor mask_noise(const at::Tensor& x, double q, const at::Tensor& seed);
+
+at::Tensor weight_decay(at::TensorList weights);
+
+// The backward operators: private to the library (autograd.cpp calls them), as torchvision
+// keeps its own.
+namespace detail {
+
+EncoderGradients sigmoid_encoder_backward(
+    const c10::optional<at::Tensor>& grad_hidden, const c10::optional<at::Tensor>& grad_mean_activation,
+    const c10::optional<at::Tensor>& grad_contractive, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& hidden, const c10::optional<at::Tensor>& squared_row_norms, std::array<bool, 3> output_mask);
+
+at::Tensor sigmoid_reconstruction_loss_backward(
+    const c10::optional<at::Tensor>& grad_reconstruction, const c10::optional<at::Tensor>& grad_loss,
+    const at::Tensor& reconstruction, const at::Tensor& target, bool cross_entropy);
+
+at::Tensor kl_sparsity_backward(const at::Tensor& grad, const at::Tensor& mean_activation, double target);
+
+std::vector<at::Tensor> weight_decay_backward(const at::Tensor& grad, at::TensorList weights);
+
+}  // namespace detail
+}  // namespace pyae
