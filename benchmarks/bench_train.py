@@ -21,7 +21,8 @@ import torch
 
 import pyae
 from pyae.data import load_mnist
-from pyae.training import TrainConfig, train
+from pyae.config import TrainConfig
+from pyae.training import train
 
 
 def measure(images, batch_size, device, cuda_graph, epochs, warm_epochs):

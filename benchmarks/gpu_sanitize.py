@@ -46,13 +46,13 @@ def run_case(dtype, shape, offset, device):
     results += ops.masked_sigmoid_encoder(x, weight, bias, 0.3, seed)
     results.append(ops.mask_noise(x, 0.3, seed))
     logits, target = tensor(B, n, scale=3.0), x
-    for cross_entropy in (True, False):
-        reconstruction, loss = ops.sigmoid_reconstruction_loss(logits, target, cross_entropy)
+    for loss_name in ("cross_entropy", "mse"):
+        reconstruction, loss = ops.sigmoid_reconstruction_loss(logits, target, loss_name)
         results += [reconstruction, loss]
         results.append(ops.sigmoid_reconstruction_loss_backward(tensor(B, n), tensor(()), reconstruction, target,
-                                                                cross_entropy))
+                                                                loss_name))
         results.append(ops.sigmoid_reconstruction_loss_backward(None, tensor(()), reconstruction, target,
-                                                                cross_entropy))
+                                                                loss_name))
     rho_hat = placed(mean_activation.detach().clone(), offset, device)
     results += [ops.kl_sparsity(rho_hat, 0.05), ops.kl_sparsity_backward(tensor(()), rho_hat, 0.05)]
     results.append(ops.weight_decay([weight, tensor(n, k)]))

@@ -4,8 +4,8 @@
 // (sigmoid_encoder_backward, sigmoid_reconstruction_loss_backward, kl_sparsity_backward,
 // weight_decay_backward; mask_noise is its own backward), called through the dispatcher, so
 // torch.compile traces it into the backward graph like an aten op. Autograd is in C++ rather
-// than torch.library.register_autograd because a Python autograd function costs tens of
-// microseconds per call and per backward node, much of a training step at MNIST sizes.
+// than torch.library.register_autograd because a Python autograd function adds to every call
+// and every backward node an overhead that is much of a training step at MNIST sizes.
 //
 // Only what the backward kernels read is saved: x, weight, hidden and the forward's squared
 // row norms for the encoder (the clean x and the seed, not the corrupted input, for the

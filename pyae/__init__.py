@@ -4,8 +4,10 @@ Fused CPU and CUDA kernels compute the sigmoid encoder together with the closed-
 contractive penalty and the sparsity statistics (``pyae.ops``, ``pyae.functional``); thin
 modules build the plain, denoising, sparse and contractive autoencoders on them
 (``pyae.modules``), and ``pyae.TrainStep`` runs a whole training step, on a GPU as one
-captured CUDA graph. ``pyae.data`` reads MNIST (a subset ships with the package),
-``pyae.viz`` draws filters, and the ``pyae`` command runs the lecture's experiment.
+captured CUDA graph. ``pyae.config``, ``pyae.training`` and ``pyae.checkpoint`` are the
+resumable training loop, ``pyae.distributed`` its multi-process support, ``pyae.data`` reads
+MNIST (a subset ships with the package), ``pyae.viz`` draws filters, and the ``pyae`` command
+runs the lecture's experiment.
 """
 
 from pyae import functional, ops
@@ -16,7 +18,7 @@ from pyae.modules import (
     DenoisingAutoencoder,
     SparseAutoencoder,
 )
-from pyae.ops import EncoderOutput, has_cuda_kernels
+from pyae.ops import EncoderOutput, ReconstructionOutput, has_cuda_kernels
 from pyae.step import TrainStep
 
 __version__ = "0.1.0"
@@ -29,6 +31,7 @@ __all__ = [
     "SparseAutoencoder",
     "TrainStep",
     "EncoderOutput",
+    "ReconstructionOutput",
     "functional",
     "ops",
     "has_cuda_kernels",

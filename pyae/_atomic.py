@@ -6,9 +6,9 @@ import contextlib
 import os
 import uuid
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Iterator
 
-PathLike = Union[str, "os.PathLike[str]"]
+from pyae._typing import PathLike
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -19,7 +19,16 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+import torch
+import torch.distributed as dist
+
+from pyae import __version__, distributed
 from pyae._atomic import atomic_write
+from pyae.checkpoint import load_checkpoint, model_from_checkpoint
+from pyae.config import DTYPES, MIXED_PRECISION, OPTIMIZERS, RESUMABLE_FIELDS, TrainConfig, resolve_device
+from pyae.data import load_mnist, random_subset
+from pyae.training import train
+from pyae.validation import DECODER_ACTIVATIONS, RECONSTRUCTION_LOSSES
 
 __all__ = ["main", "build_parser"]
 
@@ -29,52 +38,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-# argparse dest -> TrainConfig field, for the train options that feed the config.
-_DEST_TO_FIELD = {
-    "hidden": "n_hidden",
-    "tied_weights": "tied_weights",
-    "decoder": "decoder",
-    "loss": "loss",
-    "weight_decay": "weight_decay",
-    "noise": "noise",
-    "noise_level": "noise_level",
-    "sparsity_target": "sparsity_target",
-    "sparsity_weight": "sparsity_weight",
-    "contractive_weight": "contractive_weight",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "optimizer": "optimizer",
-    "momentum": "momentum",
-    "seed": "seed",
-    "dtype": "dtype",
-    "device": "device",
-    "cuda_graph": "cuda_graph",
-}
-
-# TrainConfig field -> the option that sets it (used to word error messages).
-_OPTION_OF = {
-    "n_hidden": "--hidden",
-    "tied_weights": "--tied-weights",
-    "decoder": "--decoder",
-    "loss": "--loss",
-    "weight_decay": "--weight-decay",
-    "noise": "--noise",
-    "noise_level": "--noise-level",
-    "sparsity_target": "--sparsity-target",
-    "sparsity_weight": "--sparsity-weight",
-    "contractive_weight": "--contractive-weight",
-    "epochs": "--epochs",
-    "batch_size": "--batch-size",
-    "lr": "--lr",
-    "optimizer": "--optimizer",
-    "momentum": "--momentum",
-    "seed": "--seed",
-    "device": "--device",
-    "dtype": "--dtype",
-    "cuda_graph": "--cuda-graph",
-}
+_CONFIG_FIELDS = frozenset(TrainConfig.__dataclass_fields__)
 
 
 class CLIError(Exception):
@@ -132,24 +96,45 @@ def _noise(text: str) -> Optional[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pyae`` command (exposed for documentation tools)."""
-    from pyae.training import DTYPES, OPTIMIZERS, TrainConfig
-
-    defaults = TrainConfig()
     parser = _Parser(
         prog="pyae",
         allow_abbrev=False,
         description="Regularized autoencoders (denoising, sparse, contractive) on MNIST.",
         epilog="Run 'pyae COMMAND --help' for a command's options.",
     )
-    from pyae import __version__
-
     parser.add_argument("--version", action="version", version=f"pyae {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
+    shared = _shared_options()
+    _add_train_parser(commands, shared)
+    _add_filters_parser(commands)
+    _add_experiment_parser(commands, shared)
+    return parser
 
-    # -- train ------------------------------------------------------------------------
-    train = commands.add_parser(
+
+def _shared_options() -> argparse.ArgumentParser:
+    """The options train and experiment share. Left out, an option is absent from the
+    namespace (default=SUPPRESS): train tells "given" from "default" that way (--resume
+    needs it); each command sets its own defaults."""
+    shared = _Parser(add_help=False, allow_abbrev=False)
+    shared.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    shared.add_argument("--device", default=argparse.SUPPRESS, metavar="{auto,cpu,cuda}",
+                        help="where to train: auto (a GPU if there is one), cpu, cuda or cuda:N (default auto)")
+    shared.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS,
+                        help="directory with the standard MNIST IDX files (default: the embedded subset)")
+    shared.add_argument("--seed", type=_non_negative_int, default=argparse.SUPPRESS,
+                        help="seed of the initialization, shuffling and noise (default 0)")
+    shared.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                        help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
+    shared.add_argument("--quiet", action="store_true", help="no progress output")
+    return shared
+
+
+def _add_train_parser(commands, shared: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    train_parser = commands.add_parser(
         "train",
+        parents=[shared],
         allow_abbrev=False,
         help="train an autoencoder on MNIST, checkpointing every epoch",
         description=(
@@ -159,62 +144,50 @@ def build_parser() -> argparse.ArgumentParser:
             "defaults shown (with --resume: the checkpoint's values)."
         ),
     )
-    train.add_argument("--out", required=True, metavar="DIR",
-                       help=f"output directory ({CHECKPOINT_NAME}, history.json, filters.png)")
-    train.add_argument("--resume", action="store_true",
-                       help=f"continue the run in DIR/{CHECKPOINT_NAME}; only --epochs and --device may change")
-    train.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS,
-                       help="directory with the standard MNIST IDX files (default: the embedded 5k subset)")
-    train.add_argument("--limit", type=_positive_int, default=argparse.SUPPRESS, metavar="N",
-                       help="train on a random subset of N examples (drawn with --seed)")
-    model = train.add_argument_group("model (pyae.Autoencoder keywords)")
-    # default=SUPPRESS everywhere: an option left out is absent from the namespace, which
-    # tells "given" from "default" (--resume needs it); the defaults come from TrainConfig.
-    model.add_argument("--hidden", type=_positive_int, default=argparse.SUPPRESS, metavar="K",
-                       help=f"hidden units (default {defaults.n_hidden})")
-    model.add_argument("--tied-weights", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                       help="decode with the encoder's transposed weight (default off)")
-    model.add_argument("--decoder", choices=("sigmoid", "linear"), default=argparse.SUPPRESS,
-                       help=f"decoder activation (default {defaults.decoder})")
-    model.add_argument("--loss", choices=("mse", "cross_entropy"), default=argparse.SUPPRESS,
-                       help=f"reconstruction loss (default {defaults.loss})")
-    model.add_argument("--weight-decay", type=_finite_float, default=argparse.SUPPRESS, metavar="LAMBDA",
-                       help=f"weight decay on the weight matrices (default {defaults.weight_decay:g})")
-    model.add_argument("--noise", type=_noise, default=argparse.SUPPRESS, metavar="{none,mask,gaussian}",
-                       help="denoising corruption (default none)")
-    model.add_argument("--noise-level", type=_finite_float, default=argparse.SUPPRESS, metavar="Q",
-                       help="masking probability in [0, 1] or Gaussian std (default 0)")
-    model.add_argument("--sparsity-target", type=_finite_float, default=argparse.SUPPRESS, metavar="RHO",
-                       help="target mean activation in (0, 1): enables the KL sparsity penalty")
-    model.add_argument("--sparsity-weight", type=_finite_float, default=argparse.SUPPRESS, metavar="BETA",
-                       help=f"weight of the KL sparsity penalty (default {defaults.sparsity_weight:g})")
-    model.add_argument("--contractive-weight", type=_finite_float, default=argparse.SUPPRESS, metavar="LAMBDA",
-                       help=f"weight of the contractive penalty (default {defaults.contractive_weight:g})")
-    optim = train.add_argument_group("optimization")
-    optim.add_argument("--epochs", type=_positive_int, default=argparse.SUPPRESS,
-                       help=f"epochs (default {defaults.epochs})")
-    optim.add_argument("--batch-size", type=_positive_int, default=argparse.SUPPRESS,
-                       help=f"examples per step (default {defaults.batch_size})")
-    optim.add_argument("--lr", type=_finite_float, default=argparse.SUPPRESS,
-                       help=f"learning rate (default {defaults.lr:g})")
-    optim.add_argument("--optimizer", choices=OPTIMIZERS, default=argparse.SUPPRESS,
-                       help=f"optimizer (default {defaults.optimizer})")
-    optim.add_argument("--momentum", type=_finite_float, default=argparse.SUPPRESS,
-                       help=f"SGD momentum in [0, 1) (default {defaults.momentum:g})")
-    optim.add_argument("--seed", type=_non_negative_int, default=argparse.SUPPRESS,
-                       help=f"seed of the initialization, shuffling and noise (default {defaults.seed})")
-    optim.add_argument("--dtype", choices=tuple(DTYPES), default=argparse.SUPPRESS,
-                       help=f"parameter and data dtype (default {defaults.dtype})")
-    optim.add_argument("--device", default=argparse.SUPPRESS, metavar="{auto,cpu,cuda}",
-                       help="where to train: auto (a GPU if there is one), cpu, cuda or cuda:N (default auto)")
-    optim.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                       help="run each step as one CUDA graph replay (CUDA only, one process; default off)")
-    train.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                       help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
-    train.add_argument("--quiet", action="store_true", help="no progress output")
-    train.set_defaults(handler=_cmd_train)
+    resume = train_parser.add_argument("--resume", action="store_true")
+    train_parser.add_argument("--limit", type=_positive_int, default=argparse.SUPPRESS, metavar="N",
+                              help="train on a random subset of N examples (drawn with --seed)")
+    # Every option below sets the TrainConfig field named by its dest; default=SUPPRESS, the
+    # defaults come from TrainConfig.
+    model = train_parser.add_argument_group("model (pyae.Autoencoder keywords)")
+    option = lambda group, *names, **kw: group.add_argument(*names, default=argparse.SUPPRESS, **kw)  # noqa: E731
+    option(model, "--hidden", dest="n_hidden", type=_positive_int, metavar="K",
+           help=f"hidden units (default {defaults.n_hidden})")
+    option(model, "--tied-weights", action=argparse.BooleanOptionalAction,
+           help="decode with the encoder's transposed weight (default off)")
+    option(model, "--decoder-activation", choices=DECODER_ACTIVATIONS,
+           help=f"decoder activation (default {defaults.decoder_activation})")
+    option(model, "--loss", choices=RECONSTRUCTION_LOSSES, help=f"reconstruction loss (default {defaults.loss})")
+    option(model, "--weight-decay", type=_finite_float, metavar="LAMBDA",
+           help="weight decay lambda on the weight matrices (default 0)")
+    option(model, "--noise", type=_noise, metavar="{none,mask,gaussian}",
+           help="denoising corruption of the input (default none)")
+    option(model, "--noise-level", type=_finite_float, metavar="LEVEL",
+           help="masking probability q, or the Gaussian noise's standard deviation (default 0)")
+    option(model, "--sparsity-target", type=_finite_float, metavar="RHO",
+           help="target mean activation rho in (0, 1): enables the KL sparsity term")
+    option(model, "--sparsity-weight", type=_finite_float, metavar="BETA",
+           help="weight beta of the KL sparsity term (default 0)")
+    option(model, "--contractive-weight", type=_finite_float, metavar="LAMBDA",
+           help="weight of the contractive penalty (default 0)")
+    optim = train_parser.add_argument_group("optimization")
+    option(optim, "--epochs", type=_positive_int, help=f"passes over the data (default {defaults.epochs})")
+    option(optim, "--batch-size", type=_positive_int, help=f"examples per step (default {defaults.batch_size})")
+    option(optim, "--lr", type=_finite_float, help=f"learning rate (default {defaults.lr:g})")
+    option(optim, "--optimizer", choices=OPTIMIZERS, help=f"optimizer (default {defaults.optimizer})")
+    option(optim, "--momentum", type=_finite_float, help=f"SGD momentum in [0, 1) (default {defaults.momentum:g})")
+    option(optim, "--dtype", choices=tuple(DTYPES), help=f"parameter and data dtype (default {defaults.dtype})")
+    option(optim, "--mixed-precision", choices=MIXED_PRECISION,
+           help="train under torch.autocast in this dtype (float32 parameters and loss; float16 adds a "
+                "gradient scaler); default off")
+    option(optim, "--cuda-graph", action=argparse.BooleanOptionalAction,
+           help="run each step as one CUDA graph replay (CUDA only, one process; default off)")
+    resumable = ", ".join(_option_of(train_parser, field) for field in RESUMABLE_FIELDS)
+    resume.help = f"continue the run in DIR/{CHECKPOINT_NAME}; only {resumable} may change"
+    train_parser.set_defaults(handler=_cmd_train, parser=train_parser)
 
-    # -- filters ----------------------------------------------------------------------
+
+def _add_filters_parser(commands) -> None:
     filters = commands.add_parser(
         "filters",
         allow_abbrev=False,
@@ -228,9 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     filters.add_argument("--cols", type=_positive_int, default=None, help="grid columns (default 10)")
     filters.set_defaults(handler=_cmd_filters)
 
-    # -- experiment -------------------------------------------------------------------
+
+def _add_experiment_parser(commands, shared: argparse.ArgumentParser) -> None:
     experiment = commands.add_parser(
         "experiment",
+        parents=[shared],
         allow_abbrev=False,
         help="the lecture's comparison: AE features + logistic regression on MNIST",
         description=(
@@ -239,102 +214,69 @@ def build_parser() -> argparse.ArgumentParser:
             "on the 10,000 test digits, next to raw pixels. Writes results.json, report.md and pictures."
         ),
     )
-    experiment.add_argument("--out", required=True, metavar="DIR", help="output directory")
     experiment.add_argument("--quick", action="store_true",
                             help="a smoke run of seconds (small models, few epochs, data subsets)")
-    experiment.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}", help="where to train (default auto)")
-    experiment.add_argument("--data", metavar="DIR", default=None,
-                            help="directory with the standard MNIST IDX files (default: the embedded subset)")
-    experiment.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
-    experiment.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                            help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
-    experiment.add_argument("--quiet", action="store_true", help="no progress output")
-    experiment.set_defaults(handler=_cmd_experiment)
-    return parser
+    experiment.set_defaults(handler=_cmd_experiment, device="auto", data=None, seed=0)
+
+
+def _config_actions(parser: argparse.ArgumentParser):
+    """The options of ``parser`` that set a TrainConfig field (dest == field)."""
+    return [action for action in parser._actions if action.dest in _CONFIG_FIELDS and action.option_strings]
+
+
+def _option_of(parser: argparse.ArgumentParser, field: str) -> str:
+    """The command-line option that sets the TrainConfig field ``field``."""
+    for action in _config_actions(parser):
+        if action.dest == field:
+            return action.option_strings[0]
+    raise KeyError(field)
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _word_config_error(err: Exception) -> str:
+def _word_config_error(parser: argparse.ArgumentParser, err: Exception) -> str:
     """Name the command-line option in a TrainConfig/Autoencoder validation message."""
     message = str(err)
     match = re.match(r"(\w+)", message)
-    if match and match.group(1) in _OPTION_OF:
-        return f"argument {_OPTION_OF[match.group(1)]}: {message}"
+    if match:
+        try:
+            return f"argument {_option_of(parser, match.group(1))}: {message}"
+        except KeyError:
+            pass
     return message
 
 
-def _explicit_config_options(args) -> Dict[str, Any]:
+def _given_config_options(args) -> Dict[str, Any]:
     """The TrainConfig fields given on the command line (the others are absent from
     ``args``: their default is ``argparse.SUPPRESS``)."""
-    given = vars(args)
-    return {field: given[dest] for dest, field in _DEST_TO_FIELD.items() if dest in given}
+    return {field: value for field, value in vars(args).items() if field in _CONFIG_FIELDS}
 
 
 def _load_images(root: Optional[str], limit: Optional[int], seed: int):
-    import torch
-
-    from pyae.data import load_mnist
-
     if root is not None and not os.path.isdir(root):
         raise CLIError(f"argument --data: {root!r} is not a directory")
     images, _ = load_mnist(root, "train")
-    if limit is not None and limit < images.shape[0]:
-        # A random subset, not the first N: the embedded digits are sorted by class.
-        generator = torch.Generator().manual_seed(seed)
-        keep = torch.randperm(images.shape[0], generator=generator)[:limit].sort().values
-        images = images[keep]
-    return images
+    # A random subset, not the first N: the embedded digits are sorted by class.
+    return random_subset(limit, images, generator=torch.Generator().manual_seed(seed))[0]
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"argument --out: {str(out)!r} exists and is not a directory")
 
 
 # --------------------------------------------------------------------------- commands
 
 
 def _cmd_train(args) -> int:
-    from pyae.training import TrainConfig, load_checkpoint, resolve_device
-
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"argument --out: {str(out)!r} exists and is not a directory")
+    _check_out_dir(out)
     checkpoint_path = out / CHECKPOINT_NAME
-    options = _explicit_config_options(args)
-    args.data_given, args.limit_given = hasattr(args, "data"), hasattr(args, "limit")
     data_settings = {"data": getattr(args, "data", None), "limit": getattr(args, "limit", None)}
-
     if args.resume:
-        if not checkpoint_path.exists():
-            raise CLIError(f"--resume: there is no checkpoint at {str(checkpoint_path)!r} (start without --resume)")
-        checkpoint = load_checkpoint(checkpoint_path)
-        stored = checkpoint.config
-        for field, value in options.items():
-            if field in ("epochs", "device"):
-                continue
-            if value != getattr(stored, field):
-                raise CLIError(
-                    f"argument {_OPTION_OF[field]}: {value!r} differs from the checkpoint's "
-                    f"{getattr(stored, field)!r}; "
-                    "a resumed run keeps its settings (only --epochs and --device may change)"
-                )
-        # The data a run was trained on is part of the run. A checkpoint written by
-        # pyae.training.train() directly has no record of it: then the options decide.
-        stored_data = checkpoint.extra.get("data_settings")
-        if isinstance(stored_data, dict):
-            for key, option, given in (("data", "--data", args.data_given), ("limit", "--limit", args.limit_given)):
-                if given and data_settings[key] != stored_data.get(key):
-                    raise CLIError(
-                        f"argument {option}: {data_settings[key]!r} differs from the checkpoint's "
-                        f"{stored_data.get(key)!r}; a resumed run trains on the same data"
-                    )
-                data_settings[key] = stored_data.get(key)
-        changes = {k: options[k] for k in ("epochs", "device", "cuda_graph") if k in options}
-        try:
-            config = stored.replace(**changes)
-        except (TypeError, ValueError) as err:
-            raise CLIError(_word_config_error(err)) from err
-        if checkpoint.epoch >= config.epochs:
-            print(f"{checkpoint_path} already holds {checkpoint.epoch} epochs (--epochs {config.epochs}); "
-                  "pass a larger --epochs to train further")
+        config, data_settings = _resumed_config(args, checkpoint_path, data_settings)
+        if config is None:
             return EXIT_OK
     else:
         if checkpoint_path.exists():
@@ -343,86 +285,102 @@ def _cmd_train(args) -> int:
                 "or choose another --out"
             )
         try:
-            config = TrainConfig(**options)
+            config = TrainConfig(**_given_config_options(args))
         except (TypeError, ValueError) as err:
-            raise CLIError(_word_config_error(err)) from err
+            raise CLIError(_word_config_error(args.parser, err)) from err
 
+    device = _train_device(args, config)
+    rank_device = distributed.start_process_group(device)
+    if rank_device is not None:
+        device, config = rank_device, config.replace(device=str(rank_device))
+    images = _load_images(data_settings["data"], data_settings["limit"], config.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    previous_threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        status = _train_and_report(args, config, device, images, out, checkpoint_path, data_settings)
+        if rank_device is not None:
+            # Every rank done (rank 0 has written its files) before the group goes away. Only
+            # on success: a rank that failed must not wait for the others, which torchrun stops.
+            dist.barrier()
+    finally:
+        # main() may run inside a larger program (or a test): leave its settings as they were.
+        torch.set_num_threads(previous_threads)
+        if rank_device is not None:
+            dist.destroy_process_group()
+    if rank_device is not None:
+        # A rank under torchrun ends here, its files written and its process group destroyed:
+        # the gloo backend's teardown at interpreter exit now and then aborts a finished
+        # process (std::terminate, exit -6) after a collective ran inside autograd's backward,
+        # which torchrun would report as a failed run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _resumed_config(args, checkpoint_path: Path, data_settings: Dict[str, Any]):
+    """(config, data settings) of the run to resume, or (None, ...) when it is complete."""
+    if not checkpoint_path.exists():
+        raise CLIError(f"--resume: there is no checkpoint at {str(checkpoint_path)!r} (start without --resume)")
+    checkpoint = load_checkpoint(checkpoint_path)
+    stored = checkpoint.config
+    options = _given_config_options(args)
+    for field, value in options.items():
+        if field not in RESUMABLE_FIELDS and value != getattr(stored, field):
+            resumable = ", ".join(_option_of(args.parser, f) for f in RESUMABLE_FIELDS)
+            raise CLIError(
+                f"argument {_option_of(args.parser, field)}: {value!r} differs from the checkpoint's "
+                f"{getattr(stored, field)!r}; a resumed run keeps its settings (only {resumable} may change)"
+            )
+    # The data a run was trained on is part of the run. A checkpoint written by
+    # pyae.training.train() directly has no record of it: then the options decide.
+    stored_data = checkpoint.extra.get("data_settings")
+    if isinstance(stored_data, dict):
+        for key, option in (("data", "--data"), ("limit", "--limit")):
+            if hasattr(args, key) and data_settings[key] != stored_data.get(key):
+                raise CLIError(
+                    f"argument {option}: {data_settings[key]!r} differs from the checkpoint's "
+                    f"{stored_data.get(key)!r}; a resumed run trains on the same data"
+                )
+            data_settings[key] = stored_data.get(key)
+    try:
+        config = stored.replace(**{k: v for k, v in options.items() if k in RESUMABLE_FIELDS})
+    except (TypeError, ValueError) as err:
+        raise CLIError(_word_config_error(args.parser, err)) from err
+    if checkpoint.epoch >= config.epochs:
+        print(f"{checkpoint_path} already holds {checkpoint.epoch} epochs (--epochs {config.epochs}); "
+              "pass a larger --epochs to train further")
+        return None, data_settings
+    return config, data_settings
+
+
+def _train_device(args, config: TrainConfig) -> torch.device:
     try:
         device = resolve_device(config.device)
     except ValueError as err:
         raise CLIError(f"argument --device: {err}") from err
     if config.cuda_graph and device.type != "cuda":
         raise CLIError(f"argument --cuda-graph: needs a CUDA device, and this run trains on {device}")
-    if config.cuda_graph and _launched_by_torchrun():
+    if config.cuda_graph and distributed.launched_by_torchrun():
         raise CLIError("argument --cuda-graph: trains in one process; under torchrun leave it off")
-    distributed = _start_distributed(device)
-    if distributed is not None:
-        device, config = distributed, config.replace(device=str(distributed))
-    images = _load_images(data_settings["data"], data_settings["limit"], config.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    import torch
-
-    previous_threads = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        status = _train_and_report(args, config, device, images, out, checkpoint_path, data_settings)
-        if distributed is not None:
-            # Every rank done (rank 0 has written its files) before the group goes away. Only
-            # on success: a rank that failed must not wait for the others, which torchrun stops.
-            torch.distributed.barrier()
-        return status
-    finally:
-        # main() may run inside a larger program (or a test): leave its settings as they were.
-        torch.set_num_threads(previous_threads)
-        if distributed is not None:
-            torch.distributed.destroy_process_group()
-
-
-def _launched_by_torchrun() -> bool:
-    """Whether this process is one of several ranks that torchrun started (WORLD_SIZE > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def _start_distributed(device):
-    """Under torchrun (WORLD_SIZE > 1 in the environment), join the process group: NCCL with
-    one GPU per rank (cuda:LOCAL_RANK), gloo on the CPU. Returns this rank's device, or
-    None when not launched by torchrun."""
-    if not _launched_by_torchrun():
-        return None
-    import torch
-    import torch.distributed as dist
-
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
 
 
 def _train_and_report(args, config, device, images, out: Path, checkpoint_path: Path, data_settings) -> int:
-    import torch.distributed as dist
-
-    from pyae.training import train
-
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
-        args.quiet = True  # rank 0 speaks and writes for the run
-    if not args.quiet:
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    quiet = args.quiet or rank != 0  # rank 0 speaks and writes for the run
+    if not quiet:
         print(f"training {config.n_hidden} hidden units on {images.shape[0]} examples on {device}; "
               f"checkpoints: {checkpoint_path}", file=sys.stderr)
     try:
-        model, history = train(
-            config,
-            images,
-            checkpoint_path=checkpoint_path,
-            resume=args.resume,
-            progress=not args.quiet,
-            extra={"data_settings": data_settings},
-        )
+        model, history = train(config, images, checkpoint_path=checkpoint_path, resume=args.resume,
+                               progress=not quiet, extra={"data_settings": data_settings})
     except KeyboardInterrupt:
         _report_interrupt(checkpoint_path, config.epochs)
         return EXIT_INTERRUPTED
-    if args.quiet and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+    if rank != 0:
         return EXIT_OK
 
     with atomic_write(out / "history.json", "w") as f:
@@ -446,8 +404,6 @@ def _train_and_report(args, config, device, images, out: Path, checkpoint_path: 
 
 
 def _report_interrupt(checkpoint_path: Path, epochs: int) -> None:
-    from pyae.training import load_checkpoint
-
     try:
         epoch = load_checkpoint(checkpoint_path).epoch
     except (OSError, ValueError):
@@ -464,8 +420,7 @@ def _report_interrupt(checkpoint_path: Path, epochs: int) -> None:
 
 
 def _cmd_filters(args) -> int:
-    from pyae.training import load_checkpoint, model_from_checkpoint
-    from pyae.viz import save_filter_grid
+    from pyae.viz import save_filter_grid  # needs matplotlib (the experiment extra)
 
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint)
@@ -488,8 +443,7 @@ def _cmd_filters(args) -> int:
 
 
 def _cmd_experiment(args) -> int:
-    from pyae.experiment import format_table, run_experiment
-    from pyae.training import resolve_device
+    from pyae.experiment import format_table, run_experiment  # needs the experiment extra (scikit-learn)
 
     try:
         resolve_device(args.device)
@@ -498,8 +452,7 @@ def _cmd_experiment(args) -> int:
     if args.data is not None and not os.path.isdir(args.data):
         raise CLIError(f"argument --data: {args.data!r} is not a directory")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"argument --out: {str(out)!r} exists and is not a directory")
+    _check_out_dir(out)
     results = run_experiment(out, quick=args.quick, device=args.device, data_root=args.data, seed=args.seed,
                              progress=not args.quiet, num_threads=args.threads)
     print(format_table(results))

@@ -17,6 +17,7 @@ import hashlib
 import http.client
 import logging
 import math
+import numbers
 import os
 import urllib.error
 import urllib.request
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from pyae._atomic import atomic_write
+from pyae._typing import PathLike
 
 __all__ = [
     "DEFAULT_MNIST_URL",
@@ -36,12 +38,11 @@ __all__ = [
     "DownloadError",
     "read_idx",
     "load_mnist",
+    "random_subset",
     "download_mnist",
 ]
 
 _log = logging.getLogger(__name__)
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 #: The PyTorch-hosted MNIST mirror that torchvision uses.
 DEFAULT_MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -100,26 +101,19 @@ def read_idx(path: PathLike) -> np.ndarray:
     Gzip compression is detected from the content (magic bytes ``1f 8b``), not from the
     file name, so ``foo-idx3-ubyte`` and ``foo-idx3-ubyte.gz`` may each be either.
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file to read.
+    Args:
+        path: the file to read (a str or an ``os.PathLike``).
 
-    Returns
-    -------
-    numpy.ndarray
-        A writable, native-byte-order array with the shape given by the file's header and
-        the dtype given by its type code: ``0x08`` uint8, ``0x09`` int8, ``0x0B`` int16,
-        ``0x0C`` int32, ``0x0D`` float32, ``0x0E`` float64.
+    Returns:
+        A writable, native-byte-order ``numpy.ndarray`` with the shape given by the file's
+        header and the dtype given by its type code: ``0x08`` uint8, ``0x09`` int8,
+        ``0x0B`` int16, ``0x0C`` int32, ``0x0D`` float32, ``0x0E`` float64.
 
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    ValueError
-        If the file is not valid IDX: bad magic number or type code, a header or data
-        section shorter than the header promises, bytes after the data, or a corrupt
-        gzip stream. The message names the file.
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the file is not valid IDX: bad magic number or type code, a header or
+            data section shorter than the header promises, bytes after the data, or a
+            corrupt gzip stream. The message names the file.
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -217,39 +211,28 @@ def load_mnist(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Load MNIST digits as flat images in [0, 1] and integer labels.
 
-    Parameters
-    ----------
-    root : str or os.PathLike, optional
-        ``None`` (default) reads the subset shipped with pyae: for ``"train"`` 5,000
-        digits (500 per class, sorted by class), for ``"test"`` the official 10,000 test
-        digits. Otherwise a directory holding the standard files
-        ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-        ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each raw or with a
-        ``.gz`` suffix (the raw file wins when both exist). torchvision's layout,
-        ``root/MNIST/raw/``, is also accepted.
-    split : {"train", "test"}
-        Which split to read.
-    dtype : torch.dtype, default torch.float32
-        Floating dtype of the returned images.
-    device : str or torch.device, optional
-        Where to put both tensors (default: CPU).
+    Args:
+        root: ``None`` (default) reads the subset shipped with pyae: for ``"train"`` 5,000
+            digits (500 per class, sorted by class), for ``"test"`` the official 10,000 test
+            digits. Otherwise a directory holding the standard files
+            ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+            ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each raw or with a
+            ``.gz`` suffix (the raw file wins when both exist). torchvision's layout,
+            ``root/MNIST/raw/``, is also accepted.
+        split: which split to read, ``"train"`` or ``"test"``.
+        dtype: the floating dtype of the returned images (default ``torch.float32``).
+        device: where to put both tensors (default: CPU).
 
-    Returns
-    -------
-    images : torch.Tensor
-        ``(N, 784)`` of ``dtype``, pixel intensities divided by 255.
-    labels : torch.Tensor
-        ``(N,)`` int64, digit classes 0..9.
+    Returns:
+        ``(images, labels)``: ``images`` is ``(N, 784)`` of ``dtype``, the pixel intensities
+        divided by 255; ``labels`` is ``(N,)`` int64, the digit classes 0..9.
 
-    Raises
-    ------
-    ValueError
-        If ``split`` or ``dtype`` is invalid, or a file does not hold MNIST data
-        (images not ``(N, 28, 28)`` uint8, labels not ``(N,)`` in 0..9, or a different
-        N in the two files). The message names the file.
-    FileNotFoundError
-        If ``root`` or one of its files is missing; the message lists the expected
-        files and points to :func:`download_mnist`.
+    Raises:
+        ValueError: if ``split`` or ``dtype`` is invalid, or a file does not hold MNIST data
+            (images not ``(N, 28, 28)`` uint8, labels not ``(N,)`` in 0..9, or a different
+            N in the two files). The message names the file.
+        FileNotFoundError: if ``root`` or one of its files is missing; the message lists the
+            expected files and points to :func:`download_mnist`.
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
@@ -286,6 +269,62 @@ def load_mnist(
     x = x.to(dtype).div_(255)
     y = torch.from_numpy(labels.astype(np.int64, copy=False)).to(device=device)
     return x, y
+
+
+def random_subset(
+    count: Optional[int], *tensors: torch.Tensor, generator: torch.Generator
+) -> Tuple[torch.Tensor, ...]:
+    """The same ``count`` random examples (rows) of each tensor, kept in their original order.
+
+    Why not simply the first ``count``: the embedded training digits are sorted by class
+    (500 zeros, then 500 ones, ...), so ``images[:count]`` would hold a few classes only. The
+    rows are drawn without replacement, ``torch.randperm(n, generator=generator)[:count]``,
+    and sorted, so the subset keeps the data's order and the same seed gives the same rows.
+    Pass every tensor that describes the examples (images and labels) in one call: they are
+    all indexed with the same rows and stay paired.
+
+    Args:
+        count: how many examples to keep, a positive int; ``None`` keeps them all, and so
+            does a ``count`` of at least ``n``, the number of examples (without drawing from
+            ``generator``).
+        *tensors: one or more tensors whose first dimension is the example, all of the same
+            size ``n``.
+        generator: the ``torch.Generator`` the rows are drawn from (one ``torch.randperm``
+            of ``n`` on its device); seed it for a reproducible subset.
+
+    Returns:
+        A tuple with one tensor per entry of ``tensors``, in the same order: each restricted
+        to the drawn rows, or the tensors themselves when all examples are kept. A single
+        tensor comes back as a 1-tuple: ``random_subset(count, images, generator=g)[0]``.
+
+    Raises:
+        TypeError: if ``count`` is not an int or None, an entry of ``tensors`` is not a
+            tensor, or ``generator`` is not a ``torch.Generator``.
+        ValueError: if ``count`` is not positive, no tensor is given, a tensor has no
+            dimensions, or the tensors' first dimensions differ.
+    """
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral):
+            raise TypeError(f"count must be a positive int or None, got {type(count).__name__}")
+        if count < 1:
+            raise ValueError(f"count must be a positive int or None, got {count}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if not tensors:
+        raise ValueError("random_subset needs at least one tensor")
+    for index, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tensors[{index}] must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() == 0:
+            raise ValueError(f"tensors[{index}] must have a first (example) dimension, got a 0-d tensor")
+    sizes = [t.shape[0] for t in tensors]
+    if len(set(sizes)) != 1:
+        raise ValueError(f"the tensors must have the same first dimension, got sizes {sizes}")
+    n = sizes[0]
+    if count is None or count >= n:
+        return tuple(tensors)
+    keep = torch.randperm(n, generator=generator, device=generator.device)[:int(count)].sort().values
+    return tuple(t[keep.to(t.device)] for t in tensors)
 
 
 # ------------------------------------------------------------------------ download
@@ -357,41 +396,30 @@ def download_mnist(
     place only after its checksum matches, so an interrupted or corrupted download never
     leaves a partial file under the final name.
 
-    Parameters
-    ----------
-    root : str or os.PathLike
-        Destination directory; created (with parents) if missing. Pass the same path to
-        :func:`load_mnist` afterwards.
-    base_url : str, default DEFAULT_MNIST_URL
-        URL prefix the file names are appended to (a missing trailing ``/`` is added).
-    force : bool, default False
-        Download even files that are already present and valid.
-    timeout : float, default 60.0
-        Socket timeout in seconds for each connection and read.
-    checksums : mapping of str to str, optional
-        Expected checksum per file name in :data:`MNIST_FILES`, either bare hex (md5)
-        or ``"<algorithm>:<hex>"`` with any :mod:`hashlib` guaranteed algorithm, e.g.
-        ``"sha256:..."``. Defaults to :data:`MNIST_FILES` (the md5s torchvision uses).
-
-    Returns
-    -------
-    str
-        ``root``, as a string.
-
-    Raises
-    ------
-    ChecksumError
-        If a downloaded file does not match its checksum (a ``ValueError``).
-    DownloadError
-        If a request fails (HTTP error, unreachable host, timeout; an ``OSError``).
-    ValueError
-        If ``checksums`` lacks an entry for one of the files.
-
-    Notes
-    -----
     An existing file with a wrong checksum is downloaded again (and replaced only if the
     new copy verifies). Only :mod:`urllib.request` is used, so the usual proxy
     environment variables apply.
+
+    Args:
+        root: the destination directory; created (with parents) if missing. Pass the same
+            path to :func:`load_mnist` afterwards.
+        base_url: the URL prefix the file names are appended to (a missing trailing ``/``
+            is added); default :data:`DEFAULT_MNIST_URL`.
+        force: download even files that are already present and valid.
+        timeout: the socket timeout in seconds for each connection and read.
+        checksums: the expected checksum per file name in :data:`MNIST_FILES`, either bare
+            hex (md5) or ``"<algorithm>:<hex>"`` with any :mod:`hashlib` guaranteed
+            algorithm, e.g. ``"sha256:..."``. Defaults to :data:`MNIST_FILES` (the md5s
+            torchvision uses).
+
+    Returns:
+        ``root``, as a string.
+
+    Raises:
+        ChecksumError: if a downloaded file does not match its checksum (a ``ValueError``).
+        DownloadError: if a request fails (HTTP error, unreachable host, timeout; an
+            ``OSError``).
+        ValueError: if ``checksums`` lacks an entry for one of the files.
     """
     checksums = MNIST_FILES if checksums is None else checksums
     missing = [name for name in MNIST_FILES if name not in checksums]

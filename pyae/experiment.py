@@ -14,6 +14,7 @@ scikit-learn, tqdm).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -21,21 +22,20 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
-
-from pyae._atomic import atomic_write
 from torch import Tensor
 
 import pyae
 from pyae import functional as PF
-from pyae.data import load_mnist
-from pyae.training import TrainConfig, resolve_device, train
+from pyae._atomic import atomic_write
+from pyae._typing import PathLike
+from pyae.config import TrainConfig, resolve_device
+from pyae.data import load_mnist, random_subset
+from pyae.training import train
 
 __all__ = ["DEFAULT_SETTINGS", "QUICK_SETTINGS", "MODELS", "run_experiment", "format_table"]
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 #: The settings of the default run, tuned to reach >= 95% test accuracy within 15 minutes
 #: on a 2-core CPU (see the report). Every autoencoder shares them and starts from the same
@@ -105,15 +105,6 @@ def _require_dependencies() -> None:
 def _write_text(path: Path, text: str) -> None:
     with atomic_write(path, "w") as f:
         f.write(text)
-
-
-def _subset(images: Tensor, labels: Tensor, count: Optional[int], generator: torch.Generator):
-    """A random subset of ``count`` examples in their original order (the embedded training
-    digits are sorted by class, so the first ``count`` would be a few classes only)."""
-    if count is None or count >= images.shape[0]:
-        return images, labels
-    keep = torch.randperm(images.shape[0], generator=generator)[:count].sort().values
-    return images[keep], labels[keep]
 
 
 @torch.no_grad()
@@ -253,31 +244,90 @@ def run_experiment(
         torch.set_num_threads(previous_threads)
 
 
-def _run(out_dir, *, quick, device, data_root, seed, progress) -> Dict[str, Any]:
-    from pyae import viz
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What every model of one run shares: where to write, the settings and the data."""
 
+    out: Path
+    settings: Dict[str, Any]
+    seed: int
+    device: torch.device
+    progress: bool
+    train_x: Tensor  # on the CPU, for the classifier
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    train_on_device: Tensor  # the same images on the autoencoders' device
+    test_on_device: Tensor
+
+
+class _Trained(NamedTuple):
+    """One autoencoder's results: its ``results.json`` entry and what the summary pictures need."""
+
+    entry: Dict[str, Any]
+    reconstruction: List[float]  # the training reconstruction loss per epoch
+    sparsity: Optional[Tuple[float, Tensor]]  # a sparse model's (target, mean activation per unit)
+
+
+def _run(out_dir, *, quick, device, data_root, seed, progress) -> Dict[str, Any]:
     started = time.perf_counter()
+    setup = _prepare(out_dir, quick=quick, device=device, data_root=data_root, seed=seed, progress=progress)
+    record = _new_record(setup, quick=quick, data_root=data_root)
+    models: Dict[str, Dict[str, Any]] = record["models"]
+    total = len(MODELS) + 1
+
+    _log(progress, f"[1/{total}] raw pixels: logistic regression on {setup.train_x.shape[1]} features")
+    models["raw"] = _evaluate_raw_pixels(setup)
+    _log(progress, f"    test accuracy {models['raw']['test_accuracy']:.4f}")
+
+    histories: Dict[str, List[float]] = {}
+    sparse_activation = None
+    for index, (name, options) in enumerate(MODELS.items(), start=2):
+        trained = _train_and_evaluate(setup, name, options, step=f"[{index}/{total}]")
+        models[name] = trained.entry
+        histories[name] = trained.reconstruction
+        if trained.sparsity is not None:
+            sparse_activation = trained.sparsity
+        # Partial results survive a crash or Ctrl-C in a later model.
+        _write_text(setup.out / "results.json", json.dumps(record, indent=2) + "\n")
+
+    _save_summary_pictures(setup, histories, sparse_activation)
+    record["settings"]["total_seconds"] = time.perf_counter() - started
+    record["settings"]["complete"] = True
+    _write_text(setup.out / "results.json", json.dumps(record, indent=2) + "\n")
+    _write_text(setup.out / "report.md", _report(record))
+    _log(progress, f"done in {record['settings']['total_seconds']:.0f}s; wrote {setup.out / 'results.json'}")
+    return record
+
+
+def _prepare(out_dir, *, quick, device, data_root, seed, progress) -> _Setup:
+    """Create the output directory, choose the settings and the device, load the data."""
     out = Path(os.fspath(out_dir))
     out.mkdir(parents=True, exist_ok=True)
     settings = copy.deepcopy(QUICK_SETTINGS if quick else DEFAULT_SETTINGS)
     torch_device = resolve_device(device)
-
     train_x, train_y = load_mnist(data_root, "train")
     test_x, test_y = load_mnist(data_root, "test")
-    subset_generator = torch.Generator().manual_seed(seed)
-    train_x, train_y = _subset(train_x, train_y, settings["train_examples"], subset_generator)
-    test_x, test_y = _subset(test_x, test_y, settings["test_examples"], subset_generator)
-    train_on_device, test_on_device = train_x.to(torch_device), test_x.to(torch_device)
+    # One generator for both splits: the test subset is drawn after the training one.
+    generator = torch.Generator().manual_seed(seed)
+    train_x, train_y = random_subset(settings["train_examples"], train_x, train_y, generator=generator)
+    test_x, test_y = random_subset(settings["test_examples"], test_x, test_y, generator=generator)
+    return _Setup(out=out, settings=settings, seed=seed, device=torch_device, progress=progress,
+                  train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                  train_on_device=train_x.to(torch_device), test_on_device=test_x.to(torch_device))
 
-    record = {
+
+def _new_record(setup: _Setup, *, quick: bool, data_root: Optional[PathLike]) -> Dict[str, Any]:
+    """The skeleton of ``results.json``: the run's settings, no models yet, not complete."""
+    return {
         "settings": {
-            **settings,
+            **setup.settings,
             "quick": quick,
-            "seed": seed,
-            "device": str(torch_device),
+            "seed": setup.seed,
+            "device": str(setup.device),
             "data": "embedded MNIST subset" if data_root is None else os.fspath(data_root),
-            "n_train": int(train_x.shape[0]),
-            "n_test": int(test_x.shape[0]),
+            "n_train": int(setup.train_x.shape[0]),
+            "n_test": int(setup.test_x.shape[0]),
             "torch": torch.__version__,
             "cpu_threads": torch.get_num_threads(),
             "pyae": pyae.__version__,
@@ -286,73 +336,73 @@ def _run(out_dir, *, quick, device, data_root, seed, progress) -> Dict[str, Any]
         },
         "models": {},
     }
-    total = len(MODELS) + 1
-    models: Dict[str, Dict[str, Any]] = record["models"]
-    histories: Dict[str, List[float]] = {}
 
-    # -- the baseline: the pixels themselves ------------------------------------------
-    _log(progress, f"[1/{total}] raw pixels: logistic regression on {train_x.shape[1]} features")
-    models["raw"] = {
-        **_fit_classifier(train_x, train_y, test_x, test_y, settings["classifier"], seed),
+
+def _evaluate_raw_pixels(setup: _Setup) -> Dict[str, Any]:
+    """The baseline: the classifier on the pixels themselves."""
+    return {
+        **_fit_classifier(setup.train_x, setup.train_y, setup.test_x, setup.test_y,
+                          setup.settings["classifier"], setup.seed),
         "mean_squared_jacobian_norm": None,
         "mean_activation": None,
         "train_seconds": 0.0,
         "config": None,
     }
-    _log(progress, f"    test accuracy {models['raw']['test_accuracy']:.4f}")
 
-    shared = {k: settings[k] for k in ("n_hidden", "loss", "decoder", "tied_weights", "epochs", "batch_size",
-                                       "optimizer", "lr", "momentum")}
-    sparse_activation = None
-    for index, (name, options) in enumerate(MODELS.items(), start=2):
-        config = TrainConfig(**shared, **options, seed=seed, device=str(torch_device))
-        _log(progress, f"[{index}/{total}] {name}: {config.n_hidden} hidden units, {config.epochs} epochs on "
-                       f"{torch_device}")
-        model, history = train(config, train_on_device, progress=progress)
-        train_seconds = float(sum(history["seconds"]))
-        histories[name] = history["reconstruction"]
 
-        train_hidden, _, _ = _encode_statistics(model, train_on_device)
-        test_hidden, jacobian, activation = _encode_statistics(model, test_on_device)
-        filters = model.filters()
-        entry = {
-            **_fit_classifier(train_hidden, train_y, test_hidden, test_y, settings["classifier"], seed),
-            "mean_squared_jacobian_norm": jacobian,
-            "mean_activation": float(activation.mean()),
-            "train_seconds": train_seconds,
-            "final_loss": history["loss"][-1],
-            "final_reconstruction": history["reconstruction"][-1],
-            "filter_roughness": _filter_roughness(filters),
-            "config": config.to_dict(),
-        }
-        models[name] = entry
-        _log(progress, f"    test accuracy {entry['test_accuracy']:.4f} (train {entry['train_accuracy']:.4f}); "
-                       f"trained in {train_seconds:.1f}s")
+def _train_and_evaluate(setup: _Setup, name: str, options: Mapping[str, Any], *, step: str) -> _Trained:
+    """Train the autoencoder ``name`` (the shared settings plus ``options``), fit the classifier
+    on its hidden representation, and save its filters (and, for a denoising model, its
+    reconstructions of corrupted test digits)."""
+    from pyae import viz
 
-        viz.save_filter_grid(filters[:_FILTER_UNITS], out / f"filters_{name}.png", rows=10, cols=10,
-                             title=f"{name}: first {min(_FILTER_UNITS, config.n_hidden)} filters")
-        if config.noise is not None:
-            _save_denoising_picture(model, test_on_device[:10], out / f"reconstructions_{name}.png", name, seed)
-        if config.sparsity_target is not None:
-            sparse_activation = (config.sparsity_target, activation)
-        del model
-        # Partial results survive a crash or Ctrl-C in a later model.
-        _write_text(out / "results.json", json.dumps(record, indent=2) + "\n")
+    shared = {k: setup.settings[k] for k in ("n_hidden", "loss", "tied_weights", "epochs", "batch_size",
+                                             "optimizer", "lr", "momentum")}
+    # The settings' "decoder" (a results.json key) is TrainConfig's decoder_activation.
+    config = TrainConfig(**shared, decoder_activation=setup.settings["decoder"], **options, seed=setup.seed,
+                         device=str(setup.device))
+    _log(setup.progress, f"{step} {name}: {config.n_hidden} hidden units, {config.epochs} epochs on {setup.device}")
+    model, history = train(config, setup.train_on_device, progress=setup.progress)
+    train_seconds = float(sum(history["seconds"]))
+
+    train_hidden, _, _ = _encode_statistics(model, setup.train_on_device)
+    test_hidden, jacobian, activation = _encode_statistics(model, setup.test_on_device)
+    filters = model.filters()
+    entry = {
+        **_fit_classifier(train_hidden, setup.train_y, test_hidden, setup.test_y, setup.settings["classifier"],
+                          setup.seed),
+        "mean_squared_jacobian_norm": jacobian,
+        "mean_activation": float(activation.mean()),
+        "train_seconds": train_seconds,
+        "final_loss": history["loss"][-1],
+        "final_reconstruction": history["reconstruction"][-1],
+        "filter_roughness": _filter_roughness(filters),
+        "config": config.to_dict(),
+    }
+    _log(setup.progress, f"    test accuracy {entry['test_accuracy']:.4f} (train {entry['train_accuracy']:.4f}); "
+                         f"trained in {train_seconds:.1f}s")
+
+    viz.save_filter_grid(filters[:_FILTER_UNITS], setup.out / f"filters_{name}.png", rows=10, cols=10,
+                         title=f"{name}: first {min(_FILTER_UNITS, config.n_hidden)} filters")
+    if config.noise is not None:
+        _save_denoising_picture(model, setup.test_on_device[:10], setup.out / f"reconstructions_{name}.png", name,
+                                setup.seed)
+    sparsity = None if config.sparsity_target is None else (config.sparsity_target, activation)
+    return _Trained(entry, history["reconstruction"], sparsity)
+
+
+def _save_summary_pictures(setup: _Setup, histories: Mapping[str, List[float]],
+                           sparse_activation: Optional[Tuple[float, Tensor]]) -> None:
+    """The KL penalty with the sparse model's units, and every model's training curve."""
+    from pyae import viz
 
     if sparse_activation is not None:
         target, activation = sparse_activation
-        viz.plot_kl_penalty(target, out / "kl_penalty.png", current=activation,
+        viz.plot_kl_penalty(target, setup.out / "kl_penalty.png", current=activation,
                             title=f"KL sparsity penalty, target {target:g}: the sparse model's units (test set)")
-    viz.save_line_plot(histories, out / "training_loss.png", ylabel="reconstruction cross-entropy per digit"
-                       if settings["loss"] == "cross_entropy" else "reconstruction loss per digit",
+    viz.save_line_plot(histories, setup.out / "training_loss.png", ylabel="reconstruction cross-entropy per digit"
+                       if setup.settings["loss"] == "cross_entropy" else "reconstruction loss per digit",
                        title="Training reconstruction loss")
-
-    record["settings"]["total_seconds"] = time.perf_counter() - started
-    record["settings"]["complete"] = True
-    _write_text(out / "results.json", json.dumps(record, indent=2) + "\n")
-    _write_text(out / "report.md", _report(record))
-    _log(progress, f"done in {record['settings']['total_seconds']:.0f}s; wrote {out / 'results.json'}")
-    return record
 
 
 @torch.no_grad()

@@ -1,66 +1,42 @@
 """The functional API of pyae: the encoder, the penalties, the losses and the corruptions.
 
-Conventions (see DESIGN.md): ``x`` is ``(B, n)``, ``weight`` is ``(k, n)`` (the
+Conventions (docs/design.md): ``x`` is ``(B, n)``, ``weight`` is ``(k, n)`` (the
 ``nn.Linear`` layout), ``bias`` is ``(k,)``. Every penalty and loss is a mean over the batch
-of a per-example sum, so its size does not depend on the batch size.
+of a per-example sum, so its size does not depend on the batch size. The modules of
+:mod:`pyae.modules` call these functions with the same argument names.
 """
 
 from __future__ import annotations
 
-import math
-from numbers import Real
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from pyae import ops as _ops
-from pyae.ops import EncoderOutput, ReconstructionOutput, sigmoid_encoder, sigmoid_reconstruction_loss
+from pyae.ops import EncoderOutput, ReconstructionOutput, sigmoid_encoder
+from pyae.validation import (
+    RECONSTRUCTION_LOSSES,
+    check_choice,
+    check_floating_tensor,
+    check_generator,
+    check_number,
+    check_probability,
+)
 
 __all__ = [
     "EncoderOutput",
+    "ReconstructionOutput",
     "sigmoid_encoder",
+    "masked_sigmoid_encoder",
     "kl_sparsity",
     "weight_decay",
     "reconstruction_loss",
-    "sigmoid_reconstruction",
-    "ReconstructionOutput",
-    "RECONSTRUCTION_LOSSES",
+    "sigmoid_reconstruction_loss",
     "mask_noise",
-    "masked_sigmoid_encoder",
     "gaussian_noise",
 ]
-
-RECONSTRUCTION_LOSSES = ("mse", "cross_entropy")
-
-
-def _check_probability(value, name: str, *, closed: bool) -> float:
-    """Validate a Python number in (0, 1) (open) or [0, 1] (closed) and return it."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    inside = 0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0
-    if not inside:
-        interval = "[0, 1]" if closed else "(0, 1)"
-        raise ValueError(f"{name} must lie in {interval}, got {value}")
-    return value
-
-
-def _check_non_negative(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not value >= 0.0 or math.isinf(value):  # also refuses NaN
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return value
-
-
-def _check_floating_tensor(t, name: str) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
 def kl_sparsity(mean_activation: Tensor, target: float) -> Tensor:
@@ -84,32 +60,35 @@ def kl_sparsity(mean_activation: Tensor, target: float) -> Tensor:
         mean_activation: ``rho_hat``, the batch mean of each hidden unit, shape ``(k,)``.
         target: the desired mean activation ``rho``, in ``(0, 1)``.
     """
-    _check_floating_tensor(mean_activation, "mean_activation")
-    target = _check_probability(target, "target", closed=False)
+    check_floating_tensor(mean_activation, "mean_activation")
+    target = check_probability(target, "target", closed=False)
     return _ops.kl_sparsity(mean_activation, target)
 
 
-def weight_decay(*weights: Tensor) -> Tensor:
+def weight_decay(weights: Sequence[Tensor]) -> Tensor:
     """``(1/2) * sum ||W||^2`` over the given weight matrices (never biases).
 
     Multiplied by ``lambda`` this adds exactly ``lambda * W`` to each matrix's gradient, the
     convention of the torch optimizers' ``weight_decay``. One fused operator
     (``torch.ops.pyae.weight_decay``): one read of each weight forward and one pass backward,
-    no weight-sized temporaries. The weights must share one dtype and device.
+    no weight-sized temporaries.
+
+    Args:
+        weights: the weight matrices (a list or tuple), of one dtype and device.
     """
+    if isinstance(weights, Tensor) or not isinstance(weights, Sequence):
+        raise TypeError(f"weights must be a list or tuple of tensors, got {type(weights).__name__}")
     if not weights:
-        raise ValueError("weight_decay needs at least one weight tensor")
+        raise ValueError("weights must hold at least one weight tensor")
     for index, weight in enumerate(weights):
-        _check_floating_tensor(weight, f"weights[{index}]")
+        check_floating_tensor(weight, f"weights[{index}]")
     return _ops.weight_decay(weights)
 
 
-def _check_reconstruction_arguments(output, target, kind: str, output_name: str = "output", *,
-                                    check_range: bool = True) -> None:
-    if kind not in RECONSTRUCTION_LOSSES:
-        raise ValueError(f"kind must be one of {', '.join(map(repr, RECONSTRUCTION_LOSSES))}; got {kind!r}")
-    _check_floating_tensor(output, output_name)
-    _check_floating_tensor(target, "target")
+def _check_reconstruction_arguments(output, target, loss: str, output_name: str, *, check_range: bool) -> None:
+    check_choice(loss, "loss", RECONSTRUCTION_LOSSES)
+    check_floating_tensor(output, output_name)
+    check_floating_tensor(target, "target")
     if output.shape != target.shape or output.dim() != 2:
         raise ValueError(
             f"{output_name} and target must both be (batch, features) of one shape, got {tuple(output.shape)} "
@@ -117,11 +96,12 @@ def _check_reconstruction_arguments(output, target, kind: str, output_name: str 
         )
     if output.shape[0] == 0:
         raise ValueError(f"{output_name} must hold at least one row: the batch mean of an empty batch is undefined")
-    if check_range and kind == "cross_entropy" and target.device.type == "cpu" and not torch.compiler.is_compiling():
+    if check_range and loss == "cross_entropy" and target.device.type == "cpu" and not torch.compiler.is_compiling():
         # One cheap reduction to refuse targets that would give a meaningless loss (pyae's
         # fused CPU kernel does the same inside its pass). On an accelerator the check would
         # cost a host synchronization in every training step (and forbid CUDA-graph capture),
-        # so there the data is checked once where it is loaded.
+        # so there the data is checked once where it is loaded (pyae's CUDA kernel gives a
+        # NaN loss for such targets).
         low, high = torch.aminmax(target.detach())
         if low < 0 or high > 1:
             raise ValueError(
@@ -129,30 +109,27 @@ def _check_reconstruction_arguments(output, target, kind: str, output_name: str 
             )
 
 
-def reconstruction_loss(output: Tensor, target: Tensor, kind: str = "mse", *, from_logits: bool = False) -> Tensor:
-    """The reconstruction loss, summed over the features and averaged over the batch.
+def reconstruction_loss(reconstruction: Tensor, target: Tensor, loss: str = "mse") -> Tensor:
+    """The reconstruction loss of a decoder's output, summed over the features and averaged
+    over the batch. (For a sigmoid decoder, :func:`sigmoid_reconstruction_loss` computes it
+    from the logits, fused and stable for any logit.)
 
     Args:
-        output: the decoder's output ``(B, n)``: the reconstruction ``xhat``, or the decoder's
-            pre-activations (logits) when ``from_logits`` is true.
+        reconstruction: the decoder's output ``xhat``, ``(B, n)``.
         target: the clean input ``x``, ``(B, n)``.
-        kind: ``"mse"``, ``sum_j (xhat_j - x_j)^2``; or ``"cross_entropy"``,
-            ``-sum_j x_j log xhat_j + (1 - x_j) log(1 - xhat_j)``. Its targets must lie in
-            ``[0, 1]``: CPU targets outside raise a ValueError here; CUDA targets are not
-            checked per call (that would synchronize every step), check them once up front.
-        from_logits: the output holds logits ``z`` with ``xhat = sigmoid(z)``; the loss is
-            then computed by :func:`sigmoid_reconstruction` (fused, stable for any ``z``).
+        loss: ``"mse"``, ``sum_j (xhat_j - x_j)^2``; or ``"cross_entropy"``,
+            ``-sum_j x_j log xhat_j + (1 - x_j) log(1 - xhat_j)`` (``xhat`` in ``(0, 1)``,
+            targets in ``[0, 1]``: CPU targets outside raise a ValueError; CUDA targets are not
+            checked per call, which would synchronize every step: check them once up front).
     """
-    if from_logits:
-        return sigmoid_reconstruction(output, target, kind).loss
-    _check_reconstruction_arguments(output, target, kind)
-    batch = output.shape[0]
-    if kind == "mse":
-        return F.mse_loss(output, target, reduction="sum") / batch
-    return F.binary_cross_entropy(output, target, reduction="sum") / batch
+    _check_reconstruction_arguments(reconstruction, target, loss, "reconstruction", check_range=True)
+    batch = reconstruction.shape[0]
+    if loss == "mse":
+        return F.mse_loss(reconstruction, target, reduction="sum") / batch
+    return F.binary_cross_entropy(reconstruction, target, reduction="sum") / batch
 
 
-def sigmoid_reconstruction(logits: Tensor, target: Tensor, kind: str = "cross_entropy") -> ReconstructionOutput:
+def sigmoid_reconstruction_loss(logits: Tensor, target: Tensor, loss: str = "mse") -> ReconstructionOutput:
     """A sigmoid decoder's output and its reconstruction loss, from the decoder's logits.
 
     ``reconstruction = sigmoid(logits)`` and the loss of :func:`reconstruction_loss` (summed
@@ -160,26 +137,27 @@ def sigmoid_reconstruction(logits: Tensor, target: Tensor, kind: str = "cross_en
     pass; its backward saves only the reconstruction and the target. A target that requires
     grad is computed with torch ops instead (the operator treats the target as data).
 
+    Args:
+        logits: the decoder's pre-activations ``z``, ``(B, n)``.
+        target: the clean input ``x``, ``(B, n)``.
+        loss: ``"mse"`` or ``"cross_entropy"`` (computed stably from ``z``), as in
+            :func:`reconstruction_loss`.
+
     Returns:
         ``ReconstructionOutput(reconstruction, loss)``.
     """
     fused = not target.requires_grad
     # The fused CPU kernel checks the cross-entropy targets' range within its own pass.
-    _check_reconstruction_arguments(logits, target, kind, "logits", check_range=not fused)
+    _check_reconstruction_arguments(logits, target, loss, "logits", check_range=not fused)
     if fused:
-        return sigmoid_reconstruction_loss(logits, target, kind == "cross_entropy")
+        return _ops.sigmoid_reconstruction_loss(logits, target, loss)
     reconstruction = torch.sigmoid(logits)
     batch = logits.shape[0]
-    if kind == "mse":
+    if loss == "mse":
         return ReconstructionOutput(reconstruction, F.mse_loss(reconstruction, target, reduction="sum") / batch)
     return ReconstructionOutput(
         reconstruction, F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / batch
     )
-
-
-def _check_generator(generator) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def mask_noise(x: Tensor, q: float, *, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -197,9 +175,9 @@ def mask_noise(x: Tensor, q: float, *, generator: Optional[torch.Generator] = No
         q: the probability of zeroing an entry, in ``[0, 1]``.
         generator: an optional ``torch.Generator`` on ``x``'s device, for reproducible noise.
     """
-    _check_floating_tensor(x, "x")
-    q = _check_probability(q, "q", closed=True)
-    _check_generator(generator)
+    check_floating_tensor(x, "x")
+    q = check_probability(q, "q", closed=True)
+    check_generator(generator)
     if q == 0.0:
         return x.clone()
     return _ops.mask_noise(x, q, _draw_seed(generator, x.device))
@@ -224,9 +202,9 @@ def masked_sigmoid_encoder(x: Tensor, weight: Tensor, bias: Optional[Tensor], q:
         q: the masking probability in ``[0, 1]``.
         generator: an optional ``torch.Generator`` on ``x``'s device.
     """
-    _check_floating_tensor(x, "x")
-    q = _check_probability(q, "q", closed=True)
-    _check_generator(generator)
+    check_floating_tensor(x, "x")
+    q = check_probability(q, "q", closed=True)
+    check_generator(generator)
     if q == 0.0:
         return sigmoid_encoder(x, weight, bias)
     return _ops.masked_sigmoid_encoder(x, weight, bias, q, _draw_seed(generator, x.device))
@@ -240,9 +218,9 @@ def gaussian_noise(x: Tensor, std: float, *, generator: Optional[torch.Generator
         std: the noise's standard deviation, ``>= 0``.
         generator: an optional ``torch.Generator`` on ``x``'s device, for reproducible noise.
     """
-    _check_floating_tensor(x, "x")
-    std = _check_non_negative(std, "std")
-    _check_generator(generator)
+    check_floating_tensor(x, "x")
+    std = check_number(std, "std")
+    check_generator(generator)
     if std == 0.0:
         return x.clone()
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -7,7 +7,6 @@ contractive statistics come out of the encoder pass itself at almost no extra co
 
 from __future__ import annotations
 
-from numbers import Integral
 from typing import Dict, NamedTuple, Optional
 
 import torch
@@ -15,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyae import functional as PF
-from pyae.functional import RECONSTRUCTION_LOSSES
+from pyae.distributed import global_mean_activation
+from pyae.validation import autoencoder_options, check_floating_tensor, check_int
 
 __all__ = [
     "AutoencoderOutput",
@@ -23,12 +23,7 @@ __all__ = [
     "DenoisingAutoencoder",
     "SparseAutoencoder",
     "ContractiveAutoencoder",
-    "DECODERS",
-    "NOISES",
 ]
-
-DECODERS = ("sigmoid", "linear")
-NOISES = (None, "mask", "gaussian")
 
 
 class AutoencoderOutput(NamedTuple):
@@ -49,41 +44,6 @@ class AutoencoderOutput(NamedTuple):
     terms: Dict[str, Tensor]
 
 
-def _check_choice(value, name: str, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-
-
-def _check_size(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over the ranks of a process group, differentiable: the gradient of every rank's
-    input is the sum of the ranks' output gradients."""
-
-    @staticmethod
-    def forward(ctx, tensor: Tensor, group) -> Tensor:
-        import torch.distributed as dist
-
-        ctx.group = group
-        total = tensor.clone()
-        dist.all_reduce(total, group=group)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        import torch.distributed as dist
-
-        total = grad.clone()
-        dist.all_reduce(total, group=ctx.group)
-        return total, None
-
-
 class Autoencoder(nn.Module):
     """A one-hidden-layer autoencoder with the classic regularizers.
 
@@ -98,7 +58,7 @@ class Autoencoder(nn.Module):
         n_inputs: ``n``, the number of input features.
         n_hidden: ``k``, the number of hidden units.
         tied_weights: decode with the transpose of the encoder's weight (one shared parameter).
-        decoder: ``"sigmoid"`` (outputs in (0, 1)) or ``"linear"``.
+        decoder_activation: ``"sigmoid"`` (outputs in (0, 1)) or ``"linear"``.
         loss: ``"mse"`` (squared error summed over features) or ``"cross_entropy"``
             (needs the sigmoid decoder and inputs in [0, 1]; computed from logits).
         weight_decay: ``lambda >= 0``; adds exactly ``lambda * W`` to each weight's gradient.
@@ -126,7 +86,7 @@ class Autoencoder(nn.Module):
         n_hidden: int,
         *,
         tied_weights: bool = False,
-        decoder: str = "sigmoid",
+        decoder_activation: str = "sigmoid",
         loss: str = "mse",
         weight_decay: float = 0.0,
         noise: Optional[str] = None,
@@ -138,40 +98,30 @@ class Autoencoder(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        n_inputs = _check_size(n_inputs, "n_inputs")
-        n_hidden = _check_size(n_hidden, "n_hidden")
-        _check_choice(decoder, "decoder", DECODERS)
-        _check_choice(loss, "loss", RECONSTRUCTION_LOSSES)
-        _check_choice(noise, "noise", NOISES)
-        if loss == "cross_entropy" and decoder != "sigmoid":
-            raise ValueError("loss='cross_entropy' needs decoder='sigmoid' (the reconstruction must be a probability)")
-        if not isinstance(tied_weights, bool):
-            raise TypeError(f"tied_weights must be a bool, got {type(tied_weights).__name__}")
-        weight_decay = PF._check_non_negative(weight_decay, "weight_decay")
-        sparsity_weight = PF._check_non_negative(sparsity_weight, "sparsity_weight")
-        contractive_weight = PF._check_non_negative(contractive_weight, "contractive_weight")
-        if noise == "mask":
-            noise_level = PF._check_probability(noise_level, "noise_level", closed=True)
-        else:
-            noise_level = PF._check_non_negative(noise_level, "noise_level")
-            if noise is None and noise_level != 0.0:
-                raise ValueError(f"noise_level={noise_level} needs noise='mask' or noise='gaussian'")
-        if sparsity_target is not None:
-            sparsity_target = PF._check_probability(sparsity_target, "sparsity_target", closed=False)
-        elif sparsity_weight > 0.0:
-            raise ValueError("sparsity_weight > 0 needs a sparsity_target in (0, 1)")
+        n_inputs = check_int(n_inputs, "n_inputs", 1)
+        n_hidden = check_int(n_hidden, "n_hidden", 1)
+        options = autoencoder_options(
+            tied_weights=tied_weights, decoder_activation=decoder_activation, loss=loss, weight_decay=weight_decay,
+            noise=noise, noise_level=noise_level, sparsity_target=sparsity_target, sparsity_weight=sparsity_weight,
+            contractive_weight=contractive_weight,
+        )
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
 
         self.n_inputs, self.n_hidden = n_inputs, n_hidden
-        self.tied_weights, self.decoder_activation, self.loss_kind = tied_weights, decoder, loss
-        self.weight_decay, self.noise, self.noise_level = weight_decay, noise, noise_level
-        self.sparsity_target, self.sparsity_weight = sparsity_target, sparsity_weight
-        self.contractive_weight = contractive_weight
+        self.tied_weights: bool = options["tied_weights"]
+        self.decoder_activation: str = options["decoder_activation"]
+        self.loss: str = options["loss"]
+        self.weight_decay: float = options["weight_decay"]
+        self.noise: Optional[str] = options["noise"]
+        self.noise_level: float = options["noise_level"]
+        self.sparsity_target: Optional[float] = options["sparsity_target"]
+        self.sparsity_weight: float = options["sparsity_weight"]
+        self.contractive_weight: float = options["contractive_weight"]
 
         # Under torch.distributed, the process group whose ranks share one global batch: the
-        # sparsity statistic is then the mean activation over the global batch (see
-        # global_mean_activation). None: this process's batch is the whole batch.
+        # sparsity statistic is then the mean activation over the global batch. None: this
+        # process's batch is the whole batch. Set by pyae.distributed.convert_sync_sparsity.
         self.statistics_group = None
 
         factory = {"device": device, "dtype": dtype}
@@ -194,8 +144,8 @@ class Autoencoder(nn.Module):
         return (self.encoder.weight,) if self.tied_weights else (self.encoder.weight, self.decoder.weight)
 
     def extra_repr(self) -> str:
-        parts = [f"n_inputs={self.n_inputs}", f"n_hidden={self.n_hidden}", f"decoder={self.decoder_activation!r}",
-                 f"loss={self.loss_kind!r}"]
+        parts = [f"n_inputs={self.n_inputs}", f"n_hidden={self.n_hidden}",
+                 f"decoder_activation={self.decoder_activation!r}", f"loss={self.loss!r}"]
         if self.tied_weights:
             parts.append("tied_weights=True")
         if self.weight_decay:
@@ -209,7 +159,7 @@ class Autoencoder(nn.Module):
         return ", ".join(parts)
 
     def _check_input(self, x, name: str = "x") -> None:
-        PF._check_floating_tensor(x, name)
+        check_floating_tensor(x, name)
         if x.dim() != 2 or x.shape[1] != self.n_inputs:
             raise ValueError(
                 f"{name} must have shape (batch, {self.n_inputs}) for this model's {self.n_inputs} inputs, "
@@ -241,21 +191,6 @@ class Autoencoder(nn.Module):
     def _activate_decoder(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits) if self.decoder_activation == "sigmoid" else logits
 
-    def global_mean_activation(self, mean_activation: Tensor, batch_size: int) -> Tensor:
-        """The mean activation over the global batch of ``statistics_group``'s ranks.
-
-        Each rank's mean is weighted by its batch size and summed with a differentiable
-        all-reduce, so that the KL penalty of the global mean, and its gradient, are the same
-        as one process computing them on the whole batch (DistributedDataParallel averages
-        the rest). Without a group, ``mean_activation`` itself.
-        """
-        group = self.statistics_group
-        if group is None:
-            return mean_activation
-        weighted = torch.cat([mean_activation * batch_size, mean_activation.new_full((1,), float(batch_size))])
-        total = _AllReduceSum.apply(weighted, group)
-        return total[:-1] / total[-1]
-
     @torch.no_grad()
     def filters(self) -> Tensor:
         """``W_l / ||W_l||`` for every hidden unit, ``(k, n)``: the unit-norm input that
@@ -281,20 +216,20 @@ class Autoencoder(nn.Module):
             encoded = PF.sigmoid_encoder(corrupted, self.encoder.weight, self.encoder.bias)
         logits = self._decoder_logits(encoded.hidden)
         if self.decoder_activation == "sigmoid":
-            reconstruction, reconstruction_term = PF.sigmoid_reconstruction(logits, x, self.loss_kind)
+            reconstruction, reconstruction_term = PF.sigmoid_reconstruction_loss(logits, x, self.loss)
         else:
-            reconstruction, reconstruction_term = logits, PF.reconstruction_loss(logits, x, "mse")
+            reconstruction, reconstruction_term = logits, PF.reconstruction_loss(logits, x, self.loss)
 
         # torch.add(loss, term, alpha=w): one op and one backward node per term, where
         # loss + w * term takes two of each (at MNIST sizes a step is bound by such overhead).
         terms = {"reconstruction": reconstruction_term}
         loss = reconstruction_term
         if self.weight_decay > 0.0:
-            terms["weight_decay"] = PF.weight_decay(*self.weight_matrices())
+            terms["weight_decay"] = PF.weight_decay(self.weight_matrices())
             loss = torch.add(loss, terms["weight_decay"], alpha=self.weight_decay)
         if self.sparsity_target is not None:
-            terms["sparsity"] = PF.kl_sparsity(self.global_mean_activation(encoded.mean_activation, x.shape[0]),
-                                               self.sparsity_target)
+            mean_activation = global_mean_activation(encoded.mean_activation, x.shape[0], self.statistics_group)
+            terms["sparsity"] = PF.kl_sparsity(mean_activation, self.sparsity_target)
             loss = torch.add(loss, terms["sparsity"], alpha=self.sparsity_weight)
         if self.contractive_weight > 0.0:
             terms["contractive"] = encoded.contractive

@@ -15,7 +15,8 @@ so that ``torch.compile``, ``torch.export`` and meta tensors see the output shap
 running a kernel, with the same argument checks as the kernels.
 
 Most users want :mod:`pyae.functional` or the modules; the functions here are the thin,
-typed entry points onto the operators.
+typed entry points onto the operators, with the same names and keywords as
+:mod:`pyae.functional`'s checked ones.
 """
 
 from __future__ import annotations
@@ -36,19 +37,18 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
         "kernels, or PYAE_CUDA=0 for a CPU-only build)."
     ) from error
 
+# The backward operators (sigmoid_encoder_backward, ...) have typed entry points below too,
+# for tests and benchmarks, but are not part of the public surface (torchvision keeps its
+# backward operators private the same way).
 __all__ = [
     "EncoderOutput",
     "ReconstructionOutput",
     "sigmoid_encoder",
-    "sigmoid_encoder_backward",
-    "sigmoid_reconstruction_loss",
-    "sigmoid_reconstruction_loss_backward",
-    "kl_sparsity",
-    "kl_sparsity_backward",
-    "weight_decay",
-    "weight_decay_backward",
-    "mask_noise",
     "masked_sigmoid_encoder",
+    "sigmoid_reconstruction_loss",
+    "kl_sparsity",
+    "weight_decay",
+    "mask_noise",
     "has_cuda_kernels",
 ]
 
@@ -127,22 +127,32 @@ def sigmoid_encoder_backward(
     return tuple(grad if wanted else None for grad, wanted in zip(grads, output_mask))
 
 
-def sigmoid_reconstruction_loss(logits: Tensor, target: Tensor, cross_entropy: bool = True) -> ReconstructionOutput:
+def sigmoid_reconstruction_loss(logits: Tensor, target: Tensor, loss: str = "mse") -> ReconstructionOutput:
     """The sigmoid decoder's output fused with its reconstruction loss, in one pass.
 
     Args:
         logits: the decoder's pre-activations ``z``, ``(B, n)``, ``B >= 1``.
         target: the clean input ``x``, same shape and dtype. It is treated as data: the
             operator gives it no gradient (and refuses a backward that would need one).
-        cross_entropy: cross-entropy ``-x log xhat - (1 - x) log(1 - xhat)`` computed stably
-            from the logits when true, squared error ``(xhat - x)^2`` when false.
+        loss: ``"cross_entropy"``, ``-x log xhat - (1 - x) log(1 - xhat)`` computed stably
+            from the logits (targets in [0, 1]: outside, a ValueError on the CPU and a NaN
+            loss on CUDA, which cannot raise without synchronizing); or ``"mse"``,
+            ``(xhat - x)^2``.
 
     Returns:
         A :class:`ReconstructionOutput` ``(reconstruction, loss)``; the loss is summed over
         the features and averaged over the batch.
     """
-    reconstruction, loss = torch.ops.pyae.sigmoid_reconstruction_loss.default(logits, target, cross_entropy)
-    return ReconstructionOutput(reconstruction, loss)
+    reconstruction, value = torch.ops.pyae.sigmoid_reconstruction_loss.default(
+        logits, target, _is_cross_entropy(loss)
+    )
+    return ReconstructionOutput(reconstruction, value)
+
+
+def _is_cross_entropy(loss: str) -> bool:
+    if loss not in ("mse", "cross_entropy"):
+        raise ValueError(f"loss must be one of 'mse', 'cross_entropy'; got {loss!r}")
+    return loss == "cross_entropy"
 
 
 def sigmoid_reconstruction_loss_backward(
@@ -150,11 +160,11 @@ def sigmoid_reconstruction_loss_backward(
     grad_loss: Optional[Tensor],
     reconstruction: Tensor,
     target: Tensor,
-    cross_entropy: bool = True,
+    loss: str = "mse",
 ) -> Tensor:
     """The gradient of :func:`sigmoid_reconstruction_loss` with respect to the logits."""
     return torch.ops.pyae.sigmoid_reconstruction_loss_backward.default(
-        grad_reconstruction, grad_loss, reconstruction, target, cross_entropy
+        grad_reconstruction, grad_loss, reconstruction, target, _is_cross_entropy(loss)
     )
 
 

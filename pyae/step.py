@@ -14,7 +14,9 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TrainStep"]
+from pyae.validation import check_choice, check_generator
+
+__all__ = ["TrainStep", "optimizer_step", "make_grad_scaler"]
 
 
 class _CapturedStep:
@@ -41,7 +43,8 @@ class TrainStep:
     learning-rate scheduler's later changes are not seen by the replayed graph), and the
     model's default random generator or ``generator`` for its corruption noise (registered
     with each graph, so its state advances on every replay and the noise differs from step to
-    step as in eager mode).
+    step as in eager mode). Mixed precision goes with capture in bfloat16; float16's gradient
+    scaler decides on the host whether to skip a step, which a graph cannot replay.
 
     Args:
         model: a :class:`pyae.Autoencoder` (anything whose ``forward(x)`` returns an object
@@ -51,6 +54,9 @@ class TrainStep:
         warmup_steps: eager steps per input shape before capture (at least 1).
         generator: a ``torch.Generator`` on the model's device for the corruption noise, or
             None for the default one.
+        mixed_precision: None, ``"bfloat16"`` or ``"float16"``: the forward runs under
+            ``torch.autocast`` in that dtype; ``"float16"`` also scales the loss with a
+            ``torch.amp.GradScaler`` (:attr:`grad_scaler`) against gradient underflow.
 
     Calling the step returns the loss of that step as a fresh, detached tensor on the
     model's device (reading it with ``.item()`` synchronizes; accumulate on the device and
@@ -61,7 +67,7 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *,
                  capture: Union[bool, str] = "auto", warmup_steps: int = 3,
-                 generator: Optional[torch.Generator] = None) -> None:
+                 generator: Optional[torch.Generator] = None, mixed_precision: Optional[str] = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -70,12 +76,17 @@ class TrainStep:
             raise ValueError(f"capture must be True, False or 'auto'; got {capture!r}")
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
             raise ValueError(f"warmup_steps must be an int >= 1, got {warmup_steps!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        check_generator(generator)
+        check_choice(mixed_precision, "mixed_precision", (None, "bfloat16", "float16"))
         parameter = next(model.parameters(), None)
         on_cuda = parameter is not None and parameter.device.type == "cuda"
         if capture == "auto":
-            capture = on_cuda and _optimizer_is_capturable(optimizer)
+            capture = on_cuda and _optimizer_is_capturable(optimizer) and mixed_precision != "float16"
+        elif capture and mixed_precision == "float16":
+            raise ValueError(
+                "capture=True does not go with mixed_precision='float16' (its gradient scaler decides on the host "
+                "whether to skip a step); use 'bfloat16' or capture=False"
+            )
         elif capture:
             if not on_cuda:
                 raise ValueError("capture=True needs a model on a CUDA device (CUDA graphs)")
@@ -86,19 +97,24 @@ class TrainStep:
                 )
         self.model, self.optimizer, self.capture, self.warmup_steps = model, optimizer, bool(capture), warmup_steps
         self.generator = generator
+        self.device_type = parameter.device.type if parameter is not None else "cpu"
+        self.autocast_dtype = None if mixed_precision is None else getattr(torch, mixed_precision)
+        self.grad_scaler = make_grad_scaler(self.device_type) if mixed_precision == "float16" else None
         self.last_output: Any = None
         self._captured: Dict[Tuple, _CapturedStep] = {}
         self._warmups: Dict[Tuple, int] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.capture else None
 
     def _forward(self, x: Tensor):
-        return self.model(x) if self.generator is None else self.model(x, generator=self.generator)
+        # No autocast cast cache under capture: a graph must cast the weights it replays with.
+        with torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None,
+                            cache_enabled=not self.capture):
+            return self.model(x) if self.generator is None else self.model(x, generator=self.generator)
 
     def _eager_step(self, x: Tensor) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         output = self._forward(x)
-        output.loss.backward()
-        self.optimizer.step()
+        optimizer_step(output.loss, self.optimizer, self.grad_scaler)
         self.last_output = output
         return output.loss.detach()
 
@@ -140,11 +156,31 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph, pool=self._pool):
             static_output = self._forward(static_input)
-            static_output.loss.backward()
-            self.optimizer.step()
+            optimizer_step(static_output.loss, self.optimizer)
         # The capture recorded the step without running it; run it once for this input.
         graph.replay()
         return _CapturedStep(graph, static_input, static_output)
+
+
+def make_grad_scaler(device_type: str) -> torch.amp.GradScaler:
+    """The gradient scaler of float16 training. pyae's losses are sums over the input features
+    (hundreds for MNIST), not means: torch's default initial scale, 2^16, overflows float16
+    gradients for the first several steps, which are then skipped. 2^8 starts in range; the
+    scaler grows it as usual (doubling after 2000 steps without overflow)."""
+    return torch.amp.GradScaler(device_type, init_scale=2.0**8)
+
+
+def optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer,
+                   grad_scaler: Optional[torch.amp.GradScaler] = None) -> None:
+    """``loss.backward(); optimizer.step()``, through ``grad_scaler`` when given (scale the
+    loss, unscale the gradients, skip a step whose gradients overflowed, update the scale)."""
+    if grad_scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    grad_scaler.scale(loss).backward()
+    grad_scaler.step(optimizer)
+    grad_scaler.update()
 
 
 def _optimizer_is_capturable(optimizer: torch.optim.Optimizer) -> bool:

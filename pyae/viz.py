@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from pyae._atomic import atomic_write
+from pyae._typing import PathLike
 
 __all__ = [
     "filter_grid",
@@ -28,7 +29,6 @@ __all__ = [
     "save_line_plot",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence]
 
 _INSTALL_HINT = "pip install 'pyae[experiment]'"
@@ -123,36 +123,31 @@ def filter_grid(
 ) -> np.ndarray:
     """Arrange filters as a grid of image tiles, each scaled to [0, 1] on its own.
 
-    Parameters
-    ----------
-    filters : torch.Tensor or numpy.ndarray, shape (k, n)
-        One filter per row, e.g. an encoder weight ``W`` (``nn.Linear`` layout) or its
-        unit-norm rows ``W_l / ||W_l||`` (the input that maximally activates unit ``l``).
-        Per-tile scaling makes the two look the same.
-    rows, cols : int, optional
-        Grid size. By default near-square: ``cols = ceil(sqrt(k))`` and
-        ``rows = ceil(k / cols)`` (100 filters -> 10 x 10); giving one derives the other.
-        If ``rows * cols < k`` only the first ``rows * cols`` filters are shown.
-    tile_shape : (int, int), default (28, 28)
-        Height and width each filter is reshaped to (row-major); ``n`` must equal their
-        product.
-    padding : int, default 1
-        Pixels between tiles and around the border.
-    pad_value : float, default 1.0
-        Intensity of the padding and of unused cells: 1.0 is white in a grayscale
-        colormap, which separates dark tile edges.
+    Args:
+        filters: ``(k, n)``, a tensor or numpy array with one filter per row, e.g. an
+            encoder weight ``W`` (``nn.Linear`` layout) or its unit-norm rows
+            ``W_l / ||W_l||`` (the input that maximally activates unit ``l``). Per-tile
+            scaling makes the two look the same.
+        rows: the number of grid rows. By default the grid is near-square:
+            ``cols = ceil(sqrt(k))`` and ``rows = ceil(k / cols)`` (100 filters -> 10 x 10);
+            giving one of ``rows`` and ``cols`` derives the other. If ``rows * cols < k``
+            only the first ``rows * cols`` filters are shown.
+        cols: the number of grid columns (see ``rows``).
+        tile_shape: the height and width each filter is reshaped to (row-major); ``n`` must
+            equal their product. Default ``(28, 28)``.
+        padding: pixels between tiles and around the border.
+        pad_value: the intensity of the padding and of unused cells: 1.0 is white in a
+            grayscale colormap, which separates dark tile edges.
 
-    Returns
-    -------
-    numpy.ndarray
-        float64 of shape ``(rows*th + (rows+1)*padding, cols*tw + (cols+1)*padding)``.
-        Each tile is min-max scaled to [0, 1]; a constant tile becomes 0.5.
+    Returns:
+        A float64 ``numpy.ndarray`` of shape
+        ``(rows*th + (rows+1)*padding, cols*tw + (cols+1)*padding)``. Each tile is min-max
+        scaled to [0, 1]; a constant tile becomes 0.5.
 
-    Raises
-    ------
-    ValueError
-        If ``filters`` is not 2-D, is empty, has non-finite values, or ``n`` does not
-        match ``tile_shape``; or if ``rows``, ``cols`` or ``padding`` are invalid.
+    Raises:
+        ValueError: if ``filters`` is not 2-D, is empty, has non-finite values, or ``n``
+            does not match ``tile_shape``; or if ``rows``, ``cols`` or ``padding`` are
+            invalid.
     """
     f = _to_numpy(filters, "filters")
     th, tw = _check_tile_shape(tile_shape)
@@ -190,22 +185,20 @@ def save_filter_grid(
 ) -> str:
     """Write :func:`filter_grid` of ``filters`` as a grayscale PNG.
 
-    Parameters
-    ----------
-    filters, rows, cols, tile_shape, padding
-        As in :func:`filter_grid`.
-    path : str or os.PathLike
-        Destination; parent directories are created. Always PNG, whatever the suffix.
-    title : str, optional
-        Text above the grid, in a 30-pixel band added on top.
-    scale : int, default 2
-        Each grid pixel becomes ``scale x scale`` image pixels (nearest neighbour).
-        Without a title the PNG is exactly ``scale`` times the grid size.
+    Args:
+        filters: as in :func:`filter_grid`.
+        path: the destination; parent directories are created. Always PNG, whatever the
+            suffix.
+        rows: as in :func:`filter_grid`.
+        cols: as in :func:`filter_grid`.
+        tile_shape: as in :func:`filter_grid`.
+        padding: as in :func:`filter_grid`.
+        title: text above the grid, in a 30-pixel band added on top.
+        scale: each grid pixel becomes ``scale x scale`` image pixels (nearest neighbour).
+            Without a title the PNG is exactly ``scale`` times the grid size.
 
-    Returns
-    -------
-    str
-        The path written.
+    Returns:
+        The path written, as a string.
     """
     new_figure = _require_matplotlib()
     grid = filter_grid(filters, rows=rows, cols=cols, tile_shape=tile_shape, padding=padding)
@@ -235,28 +228,20 @@ def save_image_rows(
     Intensities are shown as they are, clipped to [0, 1] (not rescaled per image), so
     rows stay comparable: a faint reconstruction looks faint.
 
-    Parameters
-    ----------
-    rows : mapping of str to array, each (m, n)
-        Row label -> images, one per row of the array (``n == prod(tile_shape)``; a 1-D
-        array is one image); rows may hold different numbers of images. Insertion order
-        is top to bottom.
-    path : str or os.PathLike
-        Destination PNG; parent directories are created.
-    tile_shape : (int, int), default (28, 28)
-        Height and width of each image.
-    title : str, optional
-        Figure title.
+    Args:
+        rows: row label -> images, an ``(m, n)`` array with one image per row
+            (``n == prod(tile_shape)``; a 1-D array is one image); rows may hold different
+            numbers of images. Insertion order is top to bottom.
+        path: the destination PNG; parent directories are created.
+        tile_shape: the height and width of each image. Default ``(28, 28)``.
+        title: the figure title.
 
-    Returns
-    -------
-    str
-        The path written.
+    Returns:
+        The path written, as a string.
 
-    Raises
-    ------
-    ValueError
-        If ``rows`` is empty or an entry is not 2-D with ``n == prod(tile_shape)``.
+    Raises:
+        ValueError: if ``rows`` is empty or an entry is not 2-D with
+            ``n == prod(tile_shape)``.
     """
     new_figure = _require_matplotlib()
     th, tw = _check_tile_shape(tile_shape)
@@ -321,27 +306,19 @@ def plot_kl_penalty(
     ``current``, each hidden unit's mean activation is drawn as a marker on the curve,
     which shows at a glance how far the units are from the target.
 
-    Parameters
-    ----------
-    target : float
-        The sparsity target ``rho``, in (0, 1).
-    path : str or os.PathLike
-        Destination PNG; parent directories are created.
-    current : array-like of shape (k,), optional
-        Mean activations ``rho_hat`` of the hidden units (a tensor is fine). Values are
-        clipped into [1e-4, 1 - 1e-4] to stay on the plotted range.
-    title : str, optional
-        Figure title (default names the target).
+    Args:
+        target: the sparsity target ``rho``, in (0, 1).
+        path: the destination PNG; parent directories are created.
+        current: the mean activations ``rho_hat`` of the hidden units, shape ``(k,)`` (a
+            tensor is fine). Values are clipped into [1e-4, 1 - 1e-4] to stay on the plotted
+            range.
+        title: the figure title (default names the target).
 
-    Returns
-    -------
-    str
-        The path written.
+    Returns:
+        The path written, as a string.
 
-    Raises
-    ------
-    ValueError
-        If ``target`` is not in (0, 1), or ``current`` has non-finite values.
+    Raises:
+        ValueError: if ``target`` is not in (0, 1), or ``current`` has non-finite values.
     """
     new_figure = _require_matplotlib()
     target = float(target)
@@ -384,29 +361,22 @@ def save_line_plot(
 ) -> str:
     """Plot one or more named curves against a shared x axis, e.g. losses per epoch.
 
-    Parameters
-    ----------
-    series : mapping of str to 1-D array
-        Name -> values. Curves may differ in length; each is drawn against the first
-        ``len`` entries of ``x``.
-    path : str or os.PathLike
-        Destination PNG; parent directories are created.
-    x : 1-D array, optional
-        Shared x values (default ``1, 2, ...``); at least as long as the longest series.
-    xlabel, ylabel, title : str
-        Axis labels and title.
-    logy : bool, default False
-        Logarithmic y axis.
+    Args:
+        series: name -> 1-D values. Curves may differ in length; each is drawn against the
+            first ``len`` entries of ``x``.
+        path: the destination PNG; parent directories are created.
+        x: the shared 1-D x values (default ``1, 2, ...``); at least as long as the longest
+            series.
+        xlabel: the x axis label.
+        ylabel: the y axis label.
+        title: the figure title.
+        logy: a logarithmic y axis.
 
-    Returns
-    -------
-    str
-        The path written.
+    Returns:
+        The path written, as a string.
 
-    Raises
-    ------
-    ValueError
-        If ``series`` is empty, a series is not 1-D, or ``x`` is too short.
+    Raises:
+        ValueError: if ``series`` is empty, a series is not 1-D, or ``x`` is too short.
     """
     new_figure = _require_matplotlib()
     if not series:

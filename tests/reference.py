@@ -1,4 +1,4 @@
-"""Plain-PyTorch float64 references for pyae's operators, written straight from DESIGN.md."""
+"""Plain-PyTorch float64 references for pyae's operators, written straight from docs/design.md."""
 
 import torch
 
@@ -29,12 +29,12 @@ def contractive_by_jacobian(x, weight, bias=None):
     return jacobians.pow(2).sum((1, 2)).mean()
 
 
-def sigmoid_reconstruction_loss(logits, target, cross_entropy):
-    """(reconstruction, loss) in float64: sigmoid, then the loss summed over features and
-    averaged over the batch."""
+def sigmoid_reconstruction_loss(logits, target, loss):
+    """(reconstruction, loss) in float64: sigmoid, then the loss ("cross_entropy" or "mse")
+    summed over features and averaged over the batch."""
     z, x = logits.double(), target.double()
     reconstruction = torch.sigmoid(z)
-    if cross_entropy:
+    if loss == "cross_entropy":
         per_element = torch.nn.functional.softplus(z) - x * z  # = -x log xhat - (1-x) log(1-xhat)
     else:
         per_element = (reconstruction - x) ** 2

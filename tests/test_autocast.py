@@ -56,17 +56,17 @@ def test_encoder_runs_in_the_autocast_dtype(device_type, dtype, masked):
 
 
 @pytest.mark.parametrize("device_type, dtype", AUTOCAST)
-@pytest.mark.parametrize("cross_entropy", [True, False])
-def test_reconstruction_loss_runs_in_float32(device_type, dtype, cross_entropy):
+@pytest.mark.parametrize("loss_name", ["cross_entropy", "mse"])
+def test_reconstruction_loss_runs_in_float32(device_type, dtype, loss_name):
     generator = torch.Generator().manual_seed(41)
     logits = (torch.randn(9, 13, generator=generator) * 3).to(device=device_type, dtype=dtype).requires_grad_()
     target = torch.rand(9, 13, generator=generator).to(device_type)  # float32 data, as a loader gives it
     with torch.autocast(device_type, dtype=dtype):
-        reconstruction, loss = ops.sigmoid_reconstruction_loss(logits, target, cross_entropy)
+        reconstruction, loss = ops.sigmoid_reconstruction_loss(logits, target, loss_name)
     assert reconstruction.dtype == loss.dtype == torch.float32
     (grad,) = torch.autograd.grad(loss, logits)
     assert grad.dtype == dtype
-    expected = ops.sigmoid_reconstruction_loss(logits.detach().float(), target, cross_entropy)
+    expected = ops.sigmoid_reconstruction_loss(logits.detach().float(), target, loss_name)
     torch.testing.assert_close(loss, expected.loss, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(reconstruction, expected.reconstruction)
 
@@ -114,7 +114,7 @@ def test_float64_is_never_cast():
     x, weight, b = make_inputs(5, 4, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = ops.sigmoid_encoder(x, weight, b)
-        loss = ops.sigmoid_reconstruction_loss(x - 0.5, x, True).loss
+        loss = ops.sigmoid_reconstruction_loss(x - 0.5, x, "cross_entropy").loss
     assert all(out.dtype == torch.float64 for out in outputs) and loss.dtype == torch.float64
 
 
@@ -123,7 +123,7 @@ def test_float64_is_never_cast():
 VARIANTS = {
     "plain": dict(loss="cross_entropy"),
     "tied": dict(loss="cross_entropy", tied_weights=True),
-    "linear_mse": dict(decoder="linear", loss="mse"),
+    "linear_mse": dict(decoder_activation="linear", loss="mse"),
     "weight_decay": dict(loss="cross_entropy", weight_decay=0.01),
     "mask": dict(noise="mask", noise_level=0.3, loss="cross_entropy"),
     "gaussian": dict(noise="gaussian", noise_level=0.5),

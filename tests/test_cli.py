@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyae import training
+from pyae import cli
 from pyae.cli import main
-from pyae.training import load_checkpoint
+from pyae.checkpoint import load_checkpoint
 
 TINY = ["--hidden", "8", "--limit", "200", "--batch-size", "50", "--loss", "cross_entropy", "--lr", "0.01",
         "--device", "cpu", "--quiet"]
@@ -56,7 +56,9 @@ def test_train_resume_and_filters(tmp_path, capsys):
 
     # Resuming may change --epochs, not the model or the optimization.
     code, _, err = run(capsys, "train", "--out", out, "--resume", "--lr", "0.5", "--epochs", "2")
-    assert_usage_error(code, err, "--lr", "0.5", "0.01")
+    assert_usage_error(code, err, "--lr", "0.5", "0.01", "only --epochs, --device, --cuda-graph may change")
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--mixed-precision", "bfloat16", "--epochs", "2")
+    assert_usage_error(code, err, "--mixed-precision", "'bfloat16'", "None")
     code, _, err = run(capsys, "train", "--out", out, "--resume", "--limit", "300", "--epochs", "2")
     assert_usage_error(code, err, "--limit", "300", "200", "same data")
     code, _, err = run(capsys, "train", "--out", out, "--resume", "--data", tmp_path, "--epochs", "2")
@@ -86,9 +88,18 @@ def test_train_resume_and_filters(tmp_path, capsys):
     assert (out / "filters.png").exists()
 
 
+def test_train_with_mixed_precision(tmp_path, capsys):
+    out = tmp_path / "amp"
+    code, stdout, err = run(capsys, "train", "--out", out, "--epochs", "1", "--mixed-precision", "bfloat16", *TINY)
+    assert code == 0, err
+    assert load_checkpoint(out / "checkpoint.pt").config.mixed_precision == "bfloat16"
+    loss = json.loads((out / "history.json").read_text())["history"]["loss"][0]
+    assert 0 < loss < 1000
+
+
 def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run with space"
-    real_train = training.train
+    real_train = cli.train
     interrupt_in_epoch = [2]
 
     def interrupted_train(*args, **kwargs):
@@ -98,7 +109,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, capsys, mo
 
         return real_train(*args, callback=interrupt, **kwargs)
 
-    monkeypatch.setattr(training, "train", interrupted_train)
+    monkeypatch.setattr(cli, "train", interrupted_train)
     code, _, err = run(capsys, "train", "--out", out, "--epochs", "3", *TINY)
     assert code == 130
     assert "epoch 1 of 3" in err and str(out / "checkpoint.pt") in err
@@ -107,13 +118,13 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, capsys, mo
     assert load_checkpoint(out / "checkpoint.pt").epoch == 1
     assert [n for n in os.listdir(out) if n.endswith(".tmp")] == []
 
-    monkeypatch.setattr(training, "train", real_train)
+    monkeypatch.setattr(cli, "train", real_train)
     code, _, err = run(capsys, "train", "--out", out, "--resume")
     assert code == 0, err
     assert load_checkpoint(out / "checkpoint.pt").epoch == 3
 
     # Interrupted before any checkpoint: says so.
-    monkeypatch.setattr(training, "train", interrupted_train)
+    monkeypatch.setattr(cli, "train", interrupted_train)
     interrupt_in_epoch[0] = 1
     code, _, err = run(capsys, "train", "--out", tmp_path / "early", "--epochs", "3", *TINY)
     assert code == 130 and "no checkpoint was written" in err
@@ -130,10 +141,13 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, capsys, mo
         (["train", "--out", "{tmp}/a", "--noise", "mask", "--noise-level", "2"], ["--noise-level", "[0, 1]"]),
         (["train", "--out", "{tmp}/a", "--noise", "salt"], ["--noise", "salt"]),
         (["train", "--out", "{tmp}/a", "--sparsity-weight", "1"], ["sparsity_target"]),
-        (["train", "--out", "{tmp}/a", "--loss", "cross_entropy", "--decoder", "linear"], ["--loss", "sigmoid"]),
+        (["train", "--out", "{tmp}/a", "--loss", "cross_entropy", "--decoder-activation", "linear"], ["--loss", "sigmoid"]),
         (["train", "--out", "{tmp}/a", "--momentum", "1"], ["--momentum"]),
         (["train", "--out", "{tmp}/a", "--device", "tpu"], ["--device", "tpu"]),
         (["train", "--out", "{tmp}/a", "--device", "cpu", "--cuda-graph"], ["--cuda-graph", "CUDA device"]),
+        (["train", "--out", "{tmp}/a", "--mixed-precision", "float8"], ["--mixed-precision", "float8"]),
+        (["train", "--out", "{tmp}/a", "--mixed-precision", "bfloat16", "--dtype", "float64"],
+         ["--mixed-precision", "dtype='float32'"]),
         (["train", "--out", "{tmp}/a", "--data", "{tmp}/no-such-dir"], ["--data", "not a directory"]),
         (["train", "--out", "{tmp}/a", "--data", "{tmp}"], ["not found", "train-images-idx3-ubyte"]),
         (["train", "--out", "{tmp}/a", "--resume"], ["no checkpoint", "without --resume"]),

@@ -52,8 +52,8 @@ def test_cpu_and_cuda_agree(dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("cross_entropy", [True, False])
-def test_cpu_and_cuda_agree_on_the_reconstruction_loss(dtype, cross_entropy):
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_cpu_and_cuda_agree_on_the_reconstruction_loss(dtype, loss):
     generator = torch.Generator().manual_seed(17)
     logits = (torch.randn(300, 785, generator=generator, dtype=torch.float64) * 4).to(dtype)
     target = torch.rand(300, 785, generator=generator, dtype=torch.float64).to(dtype)
@@ -61,10 +61,10 @@ def test_cpu_and_cuda_agree_on_the_reconstruction_loss(dtype, cross_entropy):
     grad_loss = torch.tensor(0.8, dtype=dtype)
 
     def run(device):
-        reconstruction, loss = ops.sigmoid_reconstruction_loss(logits.to(device), target.to(device), cross_entropy)
+        reconstruction, value = ops.sigmoid_reconstruction_loss(logits.to(device), target.to(device), loss)
         grad = ops.sigmoid_reconstruction_loss_backward(grad_reconstruction.to(device), grad_loss.to(device),
-                                                        reconstruction, target.to(device), cross_entropy)
-        return reconstruction, loss, grad
+                                                        reconstruction, target.to(device), loss)
+        return reconstruction, value, grad
 
     for got, wanted in zip(run("cuda"), run("cpu")):
         assert_agree(got, wanted, dtype)
@@ -87,10 +87,10 @@ def test_cross_entropy_target_outside_the_unit_interval_gives_nan_on_cuda():
     # No host synchronization to raise (the CPU raises a ValueError): the loss is NaN.
     logits = torch.zeros(4, 5, device="cuda")
     target = torch.full((4, 5), 0.5, device="cuda")
-    assert torch.isfinite(ops.sigmoid_reconstruction_loss(logits, target, True).loss)
+    assert torch.isfinite(ops.sigmoid_reconstruction_loss(logits, target, "cross_entropy").loss)
     target[2, 3] = 1.5
-    assert torch.isnan(ops.sigmoid_reconstruction_loss(logits, target, True).loss)
-    assert torch.isfinite(ops.sigmoid_reconstruction_loss(logits, target, False).loss)  # squared error takes any
+    assert torch.isnan(ops.sigmoid_reconstruction_loss(logits, target, "cross_entropy").loss)
+    assert torch.isfinite(ops.sigmoid_reconstruction_loss(logits, target, "mse").loss)  # squared error takes any
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])

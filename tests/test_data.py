@@ -263,6 +263,103 @@ def test_bad_labels_shape(tmp_path):
     assert str(p) in str(info.value)
 
 
+# ------------------------------------------------------------------- random_subset
+
+
+def _generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_random_subset_draws_sorted_rows():
+    x = torch.arange(50.0).repeat_interleave(3).reshape(50, 3)  # row i holds i
+    (subset,) = data.random_subset(10, x, generator=_generator(3))
+    rows = subset[:, 0].long()
+    assert subset.shape == (10, 3)
+    # Without replacement, in the original order, exactly the documented draw.
+    assert torch.equal(rows, torch.randperm(50, generator=_generator(3))[:10].sort().values)
+    assert bool((rows[1:] > rows[:-1]).all())
+    assert torch.equal(subset, x[rows])
+
+
+def test_random_subset_pairs_rows_across_tensors():
+    n = 40
+    images = torch.arange(n, dtype=torch.float64)[:, None].expand(n, 5).clone()
+    labels = torch.arange(n) % 10
+    cubes = torch.arange(n).reshape(n, 1, 1).expand(n, 2, 2).clone()
+    out = data.random_subset(7, images, labels, cubes, generator=_generator(1))
+    assert isinstance(out, tuple) and len(out) == 3
+    sub_images, sub_labels, sub_cubes = out
+    rows = sub_images[:, 0].long()
+    assert torch.equal(sub_labels, labels[rows]) and torch.equal(sub_cubes, cubes[rows])
+    assert sub_images.dtype == torch.float64 and sub_cubes.shape == (7, 2, 2)
+
+
+def test_random_subset_seeds_and_generator_state():
+    x = torch.arange(100)
+    first = data.random_subset(20, x, generator=_generator(5))[0]
+    assert torch.equal(first, data.random_subset(20, x, generator=_generator(5))[0])
+    # One generator for two draws (as the experiment does for its two splits): the second
+    # draw continues the stream.
+    g = _generator(5)
+    a, = data.random_subset(20, x, generator=g)
+    b, = data.random_subset(20, x, generator=g)
+    assert torch.equal(a, first) and not torch.equal(a, b)
+
+
+def test_random_subset_keeps_classes_of_sorted_data():
+    # The reason for the function: the embedded training digits are sorted by class.
+    images, labels = data.load_mnist()
+    sub_images, sub_labels = data.random_subset(200, images, labels, generator=_generator())
+    assert sub_images.shape == (200, 784) and torch.unique(sub_labels).tolist() == list(range(10))
+    assert torch.unique(labels[:200]).tolist() == [0]
+
+
+@pytest.mark.parametrize("count", [None, 30, 31, 1000])
+def test_random_subset_keeps_everything(count):
+    x, y = torch.randn(30, 4), torch.arange(30)
+    g = _generator(2)
+    state = g.get_state()
+    out = data.random_subset(count, x, y, generator=g)
+    assert isinstance(out, tuple) and out[0] is x and out[1] is y
+    assert torch.equal(g.get_state(), state)  # nothing drawn
+
+
+def test_random_subset_single_tensor_matches_inline_draw():
+    # The CLI's former inline code: images[randperm(N)[:limit].sort().values].
+    images = torch.randn(60, 8)
+    expected = images[torch.randperm(60, generator=_generator(9))[:25].sort().values]
+    assert torch.equal(data.random_subset(25, images, generator=_generator(9))[0], expected)
+
+
+@pytest.mark.parametrize(
+    "count, tensors, kwargs, error, match",
+    [
+        (0, (torch.zeros(5),), {}, ValueError, "count"),
+        (-3, (torch.zeros(5),), {}, ValueError, "count"),
+        (2.0, (torch.zeros(5),), {}, TypeError, "count"),
+        ("2", (torch.zeros(5),), {}, TypeError, "count"),
+        (True, (torch.zeros(5),), {}, TypeError, "count"),
+        (2, (torch.zeros(5), torch.zeros(4)), {}, ValueError, "first dimension"),
+        (2, (torch.zeros(5, 3), torch.zeros(3, 5)), {}, ValueError, "first dimension"),
+        (None, (torch.zeros(5), torch.zeros(6)), {}, ValueError, "first dimension"),
+        (2, (), {}, ValueError, "at least one tensor"),
+        (2, (torch.zeros(5), [0, 1, 2, 3, 4]), {}, TypeError, r"tensors\[1\]"),
+        (2, (torch.tensor(1.0),), {}, ValueError, r"tensors\[0\]"),
+        (2, (torch.zeros(5),), {"generator": None}, TypeError, "generator"),
+        (2, (torch.zeros(5),), {"generator": 0}, TypeError, "generator"),
+    ],
+)
+def test_random_subset_bad_arguments(count, tensors, kwargs, error, match):
+    kwargs = {"generator": _generator(), **kwargs}
+    with pytest.raises(error, match=match):
+        data.random_subset(count, *tensors, **kwargs)
+
+
+def test_random_subset_needs_a_generator():
+    with pytest.raises(TypeError, match="generator"):
+        data.random_subset(2, torch.zeros(5))  # keyword-only and required
+
+
 # ---------------------------------------------------------------------- download
 
 

@@ -46,7 +46,7 @@ def rank_main(rank, port, out_dir, split):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         model = make_model()
-        model.statistics_group = dist.group.WORLD
+        pyae.distributed.convert_sync_sparsity(model)
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         x = make_batch()
         local = x[:split] if rank == 0 else x[split:]
@@ -79,7 +79,7 @@ def sparsity_rank_main(rank, port, out_dir, split):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         model = make_model()
-        model.statistics_group = dist.group.WORLD
+        pyae.distributed.convert_sync_sparsity(model)
         x = make_batch()
         local = x[:split] if rank == 0 else x[split:]
         out = model(local)
@@ -121,7 +121,7 @@ def test_pyae_train_under_torchrun_matches_one_process(tmp_path):
     import subprocess
     import sys
 
-    from pyae.training import model_from_checkpoint
+    from pyae.checkpoint import model_from_checkpoint
 
     options = ["--device", "cpu", "--dtype", "float64", "--hidden", "16", "--limit", "60", "--batch-size", "11",
                "--epochs", "2", "--lr", "0.05", "--loss", "cross_entropy", "--sparsity-target", "0.1",

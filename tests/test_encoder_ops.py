@@ -277,7 +277,7 @@ def test_float8_inputs_of_every_operator_raise_type_error():
     float8 = torch.ones(2, 3).to(torch.float8_e5m2)
     seed = torch.tensor(1)
     calls = [
-        lambda: ops.sigmoid_reconstruction_loss(float8, float8, True),
+        lambda: ops.sigmoid_reconstruction_loss(float8, float8, "cross_entropy"),
         lambda: ops.kl_sparsity(float8[0], 0.1),
         lambda: ops.weight_decay([float8]),
         lambda: ops.mask_noise(float8, 0.5, seed),
@@ -334,10 +334,10 @@ def test_cpu_kernels_run_under_inference_mode_on_several_threads():
     try:
         torch.set_num_threads(max(threads, 2))
         expected = ops.sigmoid_encoder(x, weight, b)
-        expected_loss = ops.sigmoid_reconstruction_loss(x - 0.5, x, True)
+        expected_loss = ops.sigmoid_reconstruction_loss(x - 0.5, x, "cross_entropy")
         with torch.inference_mode():
             got = ops.sigmoid_encoder(x, weight, b)
-            got_loss = ops.sigmoid_reconstruction_loss(x - 0.5, x, True)
+            got_loss = ops.sigmoid_reconstruction_loss(x - 0.5, x, "cross_entropy")
     finally:
         torch.set_num_threads(threads)
     for actual, wanted in zip((*got, *got_loss), (*expected, *expected_loss)):

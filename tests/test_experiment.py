@@ -8,7 +8,8 @@ import torch
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-from pyae.experiment import MODELS, format_table, run_experiment  # noqa: E402
+from pyae.data import load_mnist  # noqa: E402
+from pyae.experiment import MODELS, QUICK_SETTINGS, _prepare, format_table, run_experiment  # noqa: E402
 
 AUTOENCODERS = list(MODELS)
 NAMES = ["raw", *AUTOENCODERS]
@@ -81,3 +82,16 @@ def test_format_table_plain():
     results = {"models": {"raw": {"test_accuracy": 0.5, "train_accuracy": 1.0}}}
     table = format_table(results, markdown=False)
     assert "50.00%" in table and "|" not in table and "Jacobian" in table
+
+
+def test_quick_subsets_are_the_seeds_draws(tmp_path):
+    # A seed's results depend on these rows: the training subset, then the test subset, both
+    # drawn from one generator seeded with the run's seed and kept in the data's order.
+    setup = _prepare(tmp_path / "out", quick=True, device="cpu", data_root=None, seed=3, progress=False)
+    generator = torch.Generator().manual_seed(3)
+    for split, x, y in (("train", setup.train_x, setup.train_y), ("test", setup.test_x, setup.test_y)):
+        images, labels = load_mnist(None, split)
+        keep = torch.randperm(images.shape[0], generator=generator)[:QUICK_SETTINGS[f"{split}_examples"]]
+        keep = keep.sort().values
+        assert torch.equal(x, images[keep]) and torch.equal(y, labels[keep])
+    assert torch.equal(setup.train_on_device, setup.train_x) and (tmp_path / "out").is_dir()

@@ -55,13 +55,15 @@ def test_kl_sparsity_rejects_non_numbers():
 
 def test_weight_decay_gradient_is_weight():
     weights = [torch.randn(4, 3, dtype=torch.float64, requires_grad=True) for _ in range(2)]
-    value = PF.weight_decay(*weights)
+    value = PF.weight_decay(weights)
     torch.testing.assert_close(value, 0.5 * sum((w * w).sum() for w in weights))
     grads = torch.autograd.grad(value, weights)
     for grad, weight in zip(grads, weights):
         torch.testing.assert_close(grad, weight.detach())
     with pytest.raises(ValueError, match="at least one"):
-        PF.weight_decay()
+        PF.weight_decay([])
+    with pytest.raises(TypeError, match="weights must be a list or tuple"):
+        PF.weight_decay(weights[0])
 
 
 def test_reconstruction_losses_sum_features_and_average_batch():
@@ -72,15 +74,15 @@ def test_reconstruction_losses_sum_features_and_average_batch():
     expected_mse = ((xhat - target) ** 2).sum(1).mean()
     expected_ce = -(target * xhat.log() + (1 - target) * (1 - xhat).log()).sum(1).mean()
     torch.testing.assert_close(PF.reconstruction_loss(xhat, target, "mse"), expected_mse)
-    torch.testing.assert_close(PF.reconstruction_loss(logits, target, "mse", from_logits=True), expected_mse)
+    torch.testing.assert_close(PF.sigmoid_reconstruction_loss(logits, target, "mse").loss, expected_mse)
     torch.testing.assert_close(PF.reconstruction_loss(xhat, target, "cross_entropy"), expected_ce)
-    torch.testing.assert_close(PF.reconstruction_loss(logits, target, "cross_entropy", from_logits=True),
+    torch.testing.assert_close(PF.sigmoid_reconstruction_loss(logits, target, "cross_entropy").loss,
                                expected_ce)
 
 
 def test_cross_entropy_from_logits_is_stable_when_saturated():
     logits = torch.tensor([[200.0, -200.0]], requires_grad=True)
-    value = PF.reconstruction_loss(logits, torch.tensor([[0.0, 1.0]]), "cross_entropy", from_logits=True)
+    value = PF.sigmoid_reconstruction_loss(logits, torch.tensor([[0.0, 1.0]]), "cross_entropy").loss
     value.backward()
     assert value.item() == pytest.approx(400.0)
     assert torch.isfinite(logits.grad).all()
@@ -93,7 +95,7 @@ def test_reconstruction_loss_errors():
     with pytest.raises(ValueError, match="one shape"):
         PF.reconstruction_loss(x, x[:, :3])
     with pytest.raises(ValueError, match=r"targets in \[0, 1\]"):
-        PF.reconstruction_loss(x, x * 2, "cross_entropy", from_logits=True)
+        PF.sigmoid_reconstruction_loss(x, x * 2, "cross_entropy")
     with pytest.raises(ValueError, match=r"targets in \[0, 1\]"):
         PF.reconstruction_loss(x, x - 1, "cross_entropy")
     with pytest.raises(TypeError, match="target must be a floating-point"):

@@ -42,12 +42,12 @@ def test_masked_encoder_gradgradcheck(device):
     gradgradcheck(lambda *args: ops.masked_sigmoid_encoder(*args, 0.4, seed_tensor(3, device)), inputs)
 
 
-@pytest.mark.parametrize("cross_entropy", [True, False])
-def test_reconstruction_loss_gradgradcheck(device, cross_entropy):
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_reconstruction_loss_gradgradcheck(device, loss):
     generator = torch.Generator().manual_seed(22)
     logits = (torch.randn(5, 4, generator=generator, dtype=torch.float64) * 2).to(device).requires_grad_()
     target = torch.rand(5, 4, generator=generator, dtype=torch.float64).to(device)
-    gradgradcheck(lambda z: ops.sigmoid_reconstruction_loss(z, target, cross_entropy), [logits])
+    gradgradcheck(lambda z: ops.sigmoid_reconstruction_loss(z, target, loss), [logits])
 
 
 def test_kl_sparsity_gradgradcheck(device):
@@ -83,15 +83,15 @@ def test_encoder_backward_operator_gradcheck(device):
     torch.autograd.gradcheck(lambda *args: ops.sigmoid_encoder_backward(*args), inputs)
 
 
-@pytest.mark.parametrize("cross_entropy", [True, False])
-def test_reconstruction_backward_operator_gradcheck(device, cross_entropy):
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_reconstruction_backward_operator_gradcheck(device, loss):
     generator = torch.Generator().manual_seed(26)
     reconstruction = torch.rand(4, 3, generator=generator, dtype=torch.float64).to(device).requires_grad_()
     target = torch.rand(4, 3, generator=generator, dtype=torch.float64).to(device)
     grad_reconstruction = torch.randn(4, 3, generator=generator, dtype=torch.float64).to(device).requires_grad_()
     grad_loss = torch.tensor(0.7, dtype=torch.float64, device=device, requires_grad=True)
     torch.autograd.gradcheck(
-        lambda g, gl, r: ops.sigmoid_reconstruction_loss_backward(g, gl, r, target, cross_entropy),
+        lambda g, gl, r: ops.sigmoid_reconstruction_loss_backward(g, gl, r, target, loss),
         [grad_reconstruction, grad_loss, reconstruction],
     )
 
@@ -144,15 +144,15 @@ def test_encoder_hessian_vector_products_match_reference(device, term):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("cross_entropy", [True, False])
-def test_reconstruction_loss_hessian_matches_reference(device, cross_entropy):
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_reconstruction_loss_hessian_matches_reference(device, loss):
     generator = torch.Generator().manual_seed(29)
     logits = (torch.randn(6, 5, generator=generator, dtype=torch.float64) * 2).to(device).requires_grad_()
     target = torch.rand(6, 5, generator=generator, dtype=torch.float64).to(device)
     vector = torch.randn(6, 5, generator=generator, dtype=torch.float64).to(device)
-    got = hessian_vector_products(lambda z: ops.sigmoid_reconstruction_loss(z, target, cross_entropy).loss,
+    got = hessian_vector_products(lambda z: ops.sigmoid_reconstruction_loss(z, target, loss).loss,
                                   [logits], [vector])
-    wanted = hessian_vector_products(lambda z: reference.sigmoid_reconstruction_loss(z, target, cross_entropy)[1],
+    wanted = hessian_vector_products(lambda z: reference.sigmoid_reconstruction_loss(z, target, loss)[1],
                                      [logits], [vector])
     torch.testing.assert_close(got[0], wanted[0], rtol=1e-10, atol=1e-12)
 
@@ -232,7 +232,7 @@ def test_first_order_backward_stays_on_the_fused_kernels(device):
 def test_reconstruction_double_backward_refuses_target_gradient(device):
     logits = torch.randn(3, 4, dtype=torch.float64, device=device, requires_grad=True)
     target = torch.rand(3, 4, dtype=torch.float64, device=device, requires_grad=True)
-    out = ops.sigmoid_reconstruction_loss(logits, target, True)
+    out = ops.sigmoid_reconstruction_loss(logits, target, "cross_entropy")
     with pytest.raises(RuntimeError, match="treats its target as data"):
         torch.autograd.grad(out.loss, [logits, target], create_graph=True)
 
@@ -242,7 +242,7 @@ def test_functional_reconstruction_with_target_gradient_is_twice_differentiable(
     # differentiable at any order.
     logits = torch.randn(3, 4, dtype=torch.float64, device=device, requires_grad=True)
     target = torch.rand(3, 4, dtype=torch.float64, device=device, requires_grad=True)
-    loss = pyae.functional.sigmoid_reconstruction(logits, target, "cross_entropy").loss
+    loss = pyae.functional.sigmoid_reconstruction_loss(logits, target, "cross_entropy").loss
     (grad_target,) = torch.autograd.grad(loss, target, create_graph=True)
     (second,) = torch.autograd.grad(grad_target.sum(), logits)
     torch.testing.assert_close(second, -torch.ones_like(logits) / 3)

@@ -13,7 +13,7 @@ import reference
 def clone_model(model, **changes):
     """A model of the same class and parameters with some constructor options changed."""
     options = dict(
-        tied_weights=model.tied_weights, decoder=model.decoder_activation, loss=model.loss_kind,
+        tied_weights=model.tied_weights, decoder_activation=model.decoder_activation, loss=model.loss,
         weight_decay=model.weight_decay, noise=model.noise, noise_level=model.noise_level,
         sparsity_target=model.sparsity_target, sparsity_weight=model.sparsity_weight,
         contractive_weight=model.contractive_weight, dtype=model.encoder.weight.dtype,
@@ -169,7 +169,7 @@ def test_gaussian_noise_model_is_reproducible_with_generator():
 
 
 def test_encode_filters_and_decode():
-    model = pyae.Autoencoder(9, 4, decoder="linear")
+    model = pyae.Autoencoder(9, 4, decoder_activation="linear")
     x = torch.rand(3, 9)
     torch.testing.assert_close(model.encode(x), torch.sigmoid(model.encoder(x)))
     filters = model.filters()
@@ -191,10 +191,10 @@ def test_variants_defaults():
 BAD_CONSTRUCTIONS = [
     (dict(n_inputs=0), ValueError, "n_inputs must be >= 1"),
     (dict(n_hidden=2.5), TypeError, "n_hidden must be an int"),
-    (dict(decoder="relu"), ValueError, "decoder must be one of 'sigmoid', 'linear'"),
+    (dict(decoder_activation="relu"), ValueError, "decoder_activation must be one of 'sigmoid', 'linear'"),
     (dict(loss="l1"), ValueError, "loss must be one of 'mse', 'cross_entropy'"),
     (dict(noise="salt"), ValueError, "noise must be one of None, 'mask', 'gaussian'"),
-    (dict(loss="cross_entropy", decoder="linear"), ValueError, "needs decoder='sigmoid'"),
+    (dict(loss="cross_entropy", decoder_activation="linear"), ValueError, "needs decoder_activation='sigmoid'"),
     (dict(weight_decay=-1.0), ValueError, "weight_decay must be a finite number >= 0"),
     (dict(contractive_weight=float("nan")), ValueError, "contractive_weight must be a finite number >= 0"),
     (dict(sparsity_weight=-0.1, sparsity_target=0.1), ValueError, "sparsity_weight must be"),

@@ -30,6 +30,29 @@ def test_eager_step_matches_hand_written_step():
         torch.testing.assert_close(got, wanted)
 
 
+@pytest.mark.parametrize("mixed_precision", ["bfloat16", "float16"])
+def test_mixed_precision_step_matches_autocast_by_hand(mixed_precision):
+    reference, model = make_model(), make_model()
+    optimizer_ref = torch.optim.SGD(reference.parameters(), lr=0.1)
+    step = pyae.TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), mixed_precision=mixed_precision)
+    assert (step.grad_scaler is not None) == (mixed_precision == "float16")
+    x = torch.rand(6, 20)
+    dtype = getattr(torch, mixed_precision)
+    for _ in range(3):
+        optimizer_ref.zero_grad()
+        with torch.autocast("cpu", dtype=dtype):
+            expected = reference(x).loss
+        expected.backward()
+        optimizer_ref.step()
+        loss = step(x)
+        assert loss.dtype == torch.float32
+        # The scaler multiplies the loss by a power of two and divides the gradients by it:
+        # the same update up to the rounding of the low dtype's backward.
+        torch.testing.assert_close(loss, expected.detach(), rtol=1e-2, atol=1e-3)
+    for got, wanted in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, wanted, rtol=1e-2, atol=1e-3)
+
+
 def test_argument_errors():
     model = make_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -43,6 +66,10 @@ def test_argument_errors():
         pyae.TrainStep(model, optimizer, warmup_steps=0)
     with pytest.raises(ValueError, match="needs a model on a CUDA device"):
         pyae.TrainStep(model, optimizer, capture=True)
+    with pytest.raises(ValueError, match="mixed_precision must be one of"):
+        pyae.TrainStep(model, optimizer, mixed_precision="float8")
+    with pytest.raises(ValueError, match="does not go with mixed_precision='float16'"):
+        pyae.TrainStep(model, optimizer, capture=True, mixed_precision="float16")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not pyae.has_cuda_kernels(), reason="needs a CUDA GPU")

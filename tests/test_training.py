@@ -1,4 +1,4 @@
-"""pyae.training: the config, checkpoints (atomic, validated), bitwise resume, interrupts,
+"""pyae.config, pyae.checkpoint and pyae.training: the config, checkpoints (atomic, validated), bitwise resume, interrupts,
 and the classic result that a linear autoencoder finds the principal subspace."""
 
 import fractions
@@ -8,18 +8,11 @@ import pytest
 import torch
 
 import pyae
-from pyae import training
+from pyae import checkpoint as checkpoint_module
+from pyae.checkpoint import CHECKPOINT_VERSION, load_checkpoint, model_from_checkpoint, save_checkpoint
+from pyae.config import TrainConfig, build_model, build_optimizer, resolve_device
 from pyae.data import load_mnist
-from pyae.training import (
-    CHECKPOINT_VERSION,
-    TrainConfig,
-    build_model,
-    load_checkpoint,
-    model_from_checkpoint,
-    resolve_device,
-    save_checkpoint,
-    train,
-)
+from pyae.training import train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,7 +55,7 @@ def no_temp_files(directory):
         ("seed", True, TypeError),
         ("dtype", "int32", ValueError),
         ("device", "tpu", ValueError),
-        ("decoder", "relu", ValueError),
+        ("decoder_activation", "relu", ValueError),
         ("loss", "l1", ValueError),
         ("noise", "salt", ValueError),
         ("weight_decay", -0.1, ValueError),
@@ -70,6 +63,7 @@ def no_temp_files(directory):
         ("contractive_weight", float("inf"), ValueError),
         ("tied_weights", "yes", TypeError),
         ("cuda_graph", 1, TypeError),
+        ("mixed_precision", "float8", ValueError),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value, error):
@@ -85,7 +79,38 @@ def test_config_cross_field_rules():
     with pytest.raises(ValueError, match="sparsity_target"):
         TrainConfig(sparsity_weight=0.5)
     with pytest.raises(ValueError, match="cross_entropy"):
-        TrainConfig(loss="cross_entropy", decoder="linear")
+        TrainConfig(loss="cross_entropy", decoder_activation="linear")
+
+
+def test_mixed_precision_rules():
+    with pytest.raises(ValueError, match="mixed_precision='bfloat16' needs dtype='float32'"):
+        TrainConfig(mixed_precision="bfloat16", dtype="float64")
+    with pytest.raises(ValueError, match="mixed_precision='float16'"):
+        TrainConfig(mixed_precision="float16", cuda_graph=True, device="cuda")
+    assert TrainConfig(mixed_precision="bfloat16", cuda_graph=True, device="cuda").mixed_precision == "bfloat16"
+
+
+@pytest.mark.parametrize("mixed_precision", ["bfloat16", "float16"])
+def test_mixed_precision_training_tracks_float32(digits, mixed_precision):
+    # Every term on: the epoch's losses are float32 values within the low dtype's rounding of
+    # the float32 run's, and the parameters stay float32. (One epoch: over several, a strong
+    # sparsity push amplifies rounding differences into different trajectories.)
+    config = tiny(epochs=1, noise="mask", noise_level=0.25, weight_decay=1e-4, sparsity_target=0.1,
+                  sparsity_weight=0.1, contractive_weight=0.1)
+    _, reference = train(config, digits, progress=False)
+    model, history = train(config.replace(mixed_precision=mixed_precision), digits, progress=False)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    for name in ("loss", "reconstruction", "weight_decay", "sparsity", "contractive"):
+        torch.testing.assert_close(torch.tensor(history[name]), torch.tensor(reference[name]), rtol=1e-2, atol=1e-4)
+
+
+def test_mixed_precision_resume_is_bitwise_equal(tmp_path, digits):
+    config = tiny(epochs=3, mixed_precision="bfloat16")
+    _, straight = train(config, digits, progress=False)
+    path = tmp_path / "checkpoint.pt"
+    train(config.replace(epochs=1), digits, checkpoint_path=path, progress=False)
+    _, resumed = train(config, digits, checkpoint_path=path, resume=True, progress=False)
+    assert resumed["loss"] == straight["loss"]
 
 
 def test_cuda_graph_needs_a_cuda_device(digits):
@@ -115,6 +140,20 @@ def test_cuda_graph_training_matches_eager_training(digits, optimizer):
         torch.testing.assert_close(got, wanted, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or not pyae.has_cuda_kernels(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mixed_precision", ["bfloat16", "float16"])
+def test_mixed_precision_on_cuda_tracks_float32(digits, mixed_precision):
+    config = tiny(device="cuda", batch_size=64, epochs=2, noise="mask", noise_level=0.25, sparsity_target=0.1,
+                  sparsity_weight=0.1, contractive_weight=0.1)
+    _, reference = train(config, digits, progress=False)
+    _, history = train(config.replace(mixed_precision=mixed_precision), digits, progress=False)
+    torch.testing.assert_close(torch.tensor(history["loss"][:1]), torch.tensor(reference["loss"][:1]), rtol=1e-2,
+                               atol=1e-3)
+    if mixed_precision == "bfloat16":  # bfloat16 goes with CUDA graphs (no gradient scaler)
+        _, graph = train(config.replace(mixed_precision="bfloat16", cuda_graph=True), digits, progress=False)
+        torch.testing.assert_close(graph["loss"], history["loss"], rtol=1e-3, atol=1e-4)
+
+
 def test_config_round_trips_through_a_dict():
     config = TrainConfig(n_hidden=7, noise="gaussian", noise_level=1, sparsity_target=0.1, optimizer="adam",
                          dtype=torch.float64)
@@ -130,7 +169,7 @@ def test_build_model_is_seeded_and_leaves_the_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(a.encoder.weight, b.encoder.weight)
     assert not torch.equal(a.encoder.weight, build_model(tiny(seed=4), 784).encoder.weight)
-    assert isinstance(a, pyae.Autoencoder) and a.loss_kind == "cross_entropy"
+    assert isinstance(a, pyae.Autoencoder) and a.loss == "cross_entropy"
 
 
 def test_resolve_device():
@@ -167,7 +206,7 @@ def test_checkpoint_round_trip(tmp_path, digits):
 
 
 def _save(path, model, epoch, config):
-    optimizer = training.build_optimizer(config, model.parameters())
+    optimizer = build_optimizer(config, model.parameters())
     rng = {"torch": torch.get_rng_state(), "shuffle": torch.Generator().get_state(),
            "noise": torch.Generator().get_state()}
     return save_checkpoint(path, model=model, optimizer=optimizer, epoch=epoch, config=config, rng_state=rng)
@@ -182,7 +221,7 @@ def test_failed_rename_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("simulated crash during rename")
 
-    monkeypatch.setattr(training.os, "replace", crash)
+    monkeypatch.setattr(checkpoint_module.os, "replace", crash)
     with pytest.raises(OSError, match="simulated"):
         _save(path, build_model(tiny(seed=9), 784), 2, config)
     monkeypatch.undo()
@@ -201,10 +240,10 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         f.write(b"PK\x03\x04 half a zip file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.torch, "save", save_half_then_interrupt)
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_half_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         _save(path, build_model(config, 784), 2, config)
-    monkeypatch.setattr(training.torch, "save", real_save)
+    monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
     assert load_checkpoint(path).epoch == 1
     assert no_temp_files(tmp_path)
 
@@ -369,7 +408,7 @@ def test_train_checks_its_inputs(digits):
 
 def test_divergence_is_reported(digits):
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
-        train(tiny(loss="mse", decoder="linear", lr=1e4, epochs=2), digits, progress=False)
+        train(tiny(loss="mse", decoder_activation="linear", lr=1e4, epochs=2), digits, progress=False)
 
 
 def test_progress_lines_without_tqdm(digits, capsys, monkeypatch):
@@ -413,7 +452,7 @@ def test_linear_autoencoder_learns_the_principal_subspace():
     x = 0.1 * (x - x.mean(0))  # centered, and small: the sigmoid's near-linear regime
 
     # Full batch, so the 300 steps are 300 epochs.
-    config = TrainConfig(n_hidden=k, decoder="linear", tied_weights=True, loss="mse", optimizer="adam", lr=0.05,
+    config = TrainConfig(n_hidden=k, decoder_activation="linear", tied_weights=True, loss="mse", optimizer="adam", lr=0.05,
                          epochs=300, batch_size=count, dtype="float64", device="cpu", seed=1)
     model, _ = train(config, x, progress=False)
 

@@ -39,7 +39,7 @@ struct RowTiles {
   // Calls body(row_begin, row_end, tile) for every tile, in parallel. The caller's
   // thread-local state (inference mode, dispatch keys) goes with each worker, since bodies
   // call ATen (sigmoid_rows); where the tiles would run serially anyway they run here,
-  // without that state's capture (a few microseconds, much of a small batch's pass).
+  // without that state's capture (whose cost is much of a small batch's pass).
   template <typename Body>
   void for_each(const Body& body) const {
     const auto run = [&](int64_t first, int64_t last) {

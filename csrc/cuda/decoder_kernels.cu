@@ -41,6 +41,7 @@
 #include <type_traits>
 
 #include "checks.h"
+#include "cuda/host_helpers.h"
 #include "cuda/vector_access.cuh"
 #include "kernel_math.h"
 
@@ -48,8 +49,10 @@ namespace pyae {
 namespace {
 
 using at::ceil_div;
-using cuda_detail::is_aligned;
+using cuda_detail::all_aligned;
+using cuda_detail::data_or_null;
 using cuda_detail::load_pack;
+using cuda_detail::opmath_options;
 using cuda_detail::Pack;
 using cuda_detail::store_pack;
 
@@ -117,6 +120,22 @@ __device__ __forceinline__ int item_count(int64_t first, int64_t numel, int vec)
   return left < vec ? static_cast<int>(left) : vec;
 }
 
+// One iteration of a pass's grid-stride loop over its kUnroll items base + u * stride:
+// f(u, first, count) for each u in ascending order whose item exists, with the item's first
+// element and its element count. A pass calls it twice per iteration, once for the loads,
+// then once for the compute and stores.
+template <int kUnroll, int VEC, typename F>
+__device__ __forceinline__ void for_each_item(int64_t base, int64_t stride, int64_t items, int64_t numel, const F& f) {
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t item = base + u * stride;
+    if (item < items) {
+      const int64_t first = item * VEC;
+      f(u, first, item_count(first, numel, VEC));
+    }
+  }
+}
+
 // The sum of value over the kThreads threads of the block, valid in thread 0: a fixed
 // shuffle tree inside each warp, then the warp sums in warp order. Call once per kernel,
 // by every thread of the block.
@@ -152,39 +171,27 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) loss_kernel(
 
   for (int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; base < items; base += stride * kForwardUnroll) {
     Pack<scalar_t, VEC> z[kForwardUnroll], x[kForwardUnroll];
+    for_each_item<kForwardUnroll, VEC>(base, stride, items, numel, [&](int u, int64_t first, int count) {
+      z[u] = load_item<kVector, VEC>(logits, first, count);
+      x[u] = load_item<kVector, VEC>(target, first, count);
+    });
+    for_each_item<kForwardUnroll, VEC>(base, stride, items, numel, [&](int u, int64_t first, int count) {
+      Pack<scalar_t, VEC> out;
 #pragma unroll
-    for (int u = 0; u < kForwardUnroll; ++u) {
-      const int64_t item = base + u * stride;
-      if (item < items) {
-        const int64_t first = item * VEC;
-        const int count = item_count(first, numel, VEC);
-        z[u] = load_item<kVector, VEC>(logits, first, count);
-        x[u] = load_item<kVector, VEC>(target, first, count);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kForwardUnroll; ++u) {
-      const int64_t item = base + u * stride;
-      if (item < items) {
-        const int64_t first = item * VEC;
-        const int count = item_count(first, numel, VEC);
-        Pack<scalar_t, VEC> out;
-#pragma unroll
-        for (int v = 0; v < VEC; ++v) {
-          if (v < count) {
-            const acc_t x_value = static_cast<acc_t>(x[u].val[v]);
-            const auto terms = sigmoid_loss_terms(static_cast<acc_t>(z[u].val[v]), x_value, kCrossEntropy);
-            out.val[v] = static_cast<scalar_t>(terms.reconstruction);
-            // A cross-entropy target outside [0, 1] has no meaningful loss: it makes the
-            // loss NaN, which the caller sees without a host synchronization here (the CPU
-            // kernel raises instead).
-            const bool valid = !kCrossEntropy || (x_value >= acc_t(0) && x_value <= acc_t(1));
-            sum += valid ? terms.loss : std::numeric_limits<acc_t>::quiet_NaN();
-          }
+      for (int v = 0; v < VEC; ++v) {
+        if (v < count) {
+          const acc_t x_value = static_cast<acc_t>(x[u].val[v]);
+          const auto terms = sigmoid_loss_terms(static_cast<acc_t>(z[u].val[v]), x_value, kCrossEntropy);
+          out.val[v] = static_cast<scalar_t>(terms.reconstruction);
+          // A cross-entropy target outside [0, 1] has no meaningful loss: it makes the
+          // loss NaN, which the caller sees without a host synchronization here (the CPU
+          // kernel raises instead).
+          const bool valid = !kCrossEntropy || (x_value >= acc_t(0) && x_value <= acc_t(1));
+          sum += valid ? terms.loss : std::numeric_limits<acc_t>::quiet_NaN();
         }
-        store_item<kVector, VEC>(reconstruction, first, count, out);
       }
-    }
+      store_item<kVector, VEC>(reconstruction, first, count, out);
+    });
   }
 
   sum = block_sum(sum);
@@ -222,34 +229,22 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) loss_backward_kerne
 
   for (int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; base < items; base += stride * kBackwardUnroll) {
     Pack<scalar_t, VEC> xhat[kBackwardUnroll], x[kBackwardUnroll], g[kBackwardUnroll];
+    for_each_item<kBackwardUnroll, VEC>(base, stride, items, numel, [&](int u, int64_t first, int count) {
+      xhat[u] = load_item<kVector, VEC>(reconstruction, first, count);
+      x[u] = load_item<kVector, VEC>(target, first, count);
+      if (has_grad) g[u] = load_item<kVector, VEC>(grad_reconstruction, first, count);
+    });
+    for_each_item<kBackwardUnroll, VEC>(base, stride, items, numel, [&](int u, int64_t first, int count) {
+      Pack<scalar_t, VEC> out;
 #pragma unroll
-    for (int u = 0; u < kBackwardUnroll; ++u) {
-      const int64_t item = base + u * stride;
-      if (item < items) {
-        const int64_t first = item * VEC;
-        const int count = item_count(first, numel, VEC);
-        xhat[u] = load_item<kVector, VEC>(reconstruction, first, count);
-        x[u] = load_item<kVector, VEC>(target, first, count);
-        if (has_grad) g[u] = load_item<kVector, VEC>(grad_reconstruction, first, count);
+      for (int v = 0; v < VEC; ++v) {
+        const acc_t upstream = has_grad ? static_cast<acc_t>(g[u].val[v]) : acc_t(0);
+        out.val[v] = static_cast<scalar_t>(sigmoid_loss_logit_grad(
+            static_cast<acc_t>(xhat[u].val[v]), static_cast<acc_t>(x[u].val[v]), upstream, loss_scale,
+            kCrossEntropy));
       }
-    }
-#pragma unroll
-    for (int u = 0; u < kBackwardUnroll; ++u) {
-      const int64_t item = base + u * stride;
-      if (item < items) {
-        const int64_t first = item * VEC;
-        const int count = item_count(first, numel, VEC);
-        Pack<scalar_t, VEC> out;
-#pragma unroll
-        for (int v = 0; v < VEC; ++v) {
-          const acc_t upstream = has_grad ? static_cast<acc_t>(g[u].val[v]) : acc_t(0);
-          out.val[v] = static_cast<scalar_t>(sigmoid_loss_logit_grad(
-              static_cast<acc_t>(xhat[u].val[v]), static_cast<acc_t>(x[u].val[v]), upstream, loss_scale,
-              kCrossEntropy));
-        }
-        store_item<kVector, VEC>(grad_logits, first, count, out);
-      }
-    }
+      store_item<kVector, VEC>(grad_logits, first, count, out);
+    });
   }
 }
 
@@ -295,10 +290,10 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_cuda(
     const scalar_t* z = logits.const_data_ptr<scalar_t>();
     const scalar_t* x = target.const_data_ptr<scalar_t>();
     scalar_t* xhat = reconstruction.mutable_data_ptr<scalar_t>();
-    const bool vector = is_aligned(z, kVectorBytes) && is_aligned(x, kVectorBytes) && is_aligned(xhat, kVectorBytes);
+    const bool vector = all_aligned(kVectorBytes, z, x, xhat);
     const FlatGrid grid(numel, VEC);
 
-    at::Tensor workspace = at::empty({grid.blocks}, logits.options().dtype(at::toOpMathType(logits.scalar_type())));
+    at::Tensor workspace = at::empty({grid.blocks}, opmath_options(logits));
     acc_t* partials = workspace.mutable_data_ptr<acc_t>();
 
     with_flags(vector, cross_entropy, [&](auto vector_access, auto ce) {
@@ -334,11 +329,10 @@ at::Tensor sigmoid_reconstruction_loss_backward_cuda(
         constexpr int VEC = item_width<scalar_t>();
         const scalar_t* xhat = reconstruction.const_data_ptr<scalar_t>();
         const scalar_t* x = target.const_data_ptr<scalar_t>();
-        const scalar_t* g = grad_reconstruction.has_value() ? grad_reconstruction->const_data_ptr<scalar_t>() : nullptr;
-        const scalar_t* g_loss = grad_loss.has_value() ? grad_loss->const_data_ptr<scalar_t>() : nullptr;
+        const scalar_t* g = data_or_null<scalar_t>(grad_reconstruction);
+        const scalar_t* g_loss = data_or_null<scalar_t>(grad_loss);
         scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
-        const bool vector = is_aligned(xhat, kVectorBytes) && is_aligned(x, kVectorBytes) &&
-            is_aligned(out, kVectorBytes) && (g == nullptr || is_aligned(g, kVectorBytes));
+        const bool vector = all_aligned(kVectorBytes, xhat, x, out, g);
         const FlatGrid grid(numel, VEC);
 
         with_flags(vector, cross_entropy, [&](auto vector_access, auto ce) {

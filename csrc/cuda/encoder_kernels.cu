@@ -9,7 +9,8 @@
 //                                        forward's c is not)
 //             delta_kernel               delta_a, per-chunk column sums of delta_a, d^2
 //             backward_finalize_kernel   grad_bias, row_scale (only when either is wanted)
-//   sparsity  kl_sparsity_kernel and its backward: the KL penalty of the mean activations
+//
+// The KL sparsity penalty of the mean activations is in cuda/penalty_kernels.cu.
 //
 // Determinism: every floating-point sum is taken in an order fixed by the shapes alone.
 // The (B, k) passes split the rows into chunks whose size depends only on (B, k) and the
@@ -38,6 +39,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "cuda/host_helpers.h"
 #include "cuda/vector_access.cuh"
 #include "encoder_host.h"
 #include "kernel_math.h"
@@ -46,8 +48,11 @@ namespace pyae {
 namespace {
 
 using at::ceil_div;
+using cuda_detail::all_aligned;
+using cuda_detail::data_or_null;
 using cuda_detail::is_aligned;
 using cuda_detail::load_pack;
+using cuda_detail::opmath_options;
 using cuda_detail::Pack;
 using cuda_detail::store_pack;
 
@@ -100,6 +105,24 @@ constexpr int kPassMinBlocksPerSM = 4;
 // ---------------------------------------------------------------------------------------
 // Device helpers shared by the kernels.
 
+// Where thread (tx, ty) of a (B, k) pass works: its block's column tile (blockIdx.x) starts
+// at column tile_begin, the thread's VEC columns at col, and its block's row chunk
+// (blockIdx.y) is rows [row_begin, row_end).
+template <int VEC>
+struct PassBlock {
+  static constexpr int kTile = kColumnThreads * VEC;
+  int tx, ty;
+  int64_t tile_begin, col, row_begin, row_end;
+
+  __device__ __forceinline__ PassBlock(int64_t B, int64_t rows_per_chunk)
+      : tx(threadIdx.x),
+        ty(threadIdx.y),
+        tile_begin(static_cast<int64_t>(blockIdx.x) * kTile),
+        col(tile_begin + tx * VEC),
+        row_begin(static_cast<int64_t>(blockIdx.y) * rows_per_chunk),
+        row_end(row_begin + rows_per_chunk < B ? row_begin + rows_per_chunk : B) {}
+};
+
 // Combines the kRowLanes lane sums of a block in lane order and writes the block's chunk
 // partials: partials[chunk][j][col], j = 0 (h or delta) and 1 (d^2). All threads of the
 // block share the writes so that they are coalesced.
@@ -119,6 +142,36 @@ __device__ __forceinline__ void store_chunk_partials(
       partials[(chunk * 2 + j) * k + col] = total;
     }
   }
+}
+
+// One step of a thread's walk down its block's row chunk: f(u, row) for each of the kUnroll
+// rows r + u * kRowLanes, u ascending, that are in the chunk (row < row_end). A pass calls it
+// twice per step, once for the loads, then once for the compute and stores.
+template <int kUnroll, typename F>
+__device__ __forceinline__ void for_each_row(int64_t r, int64_t row_end, const F& f) {
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t row = r + u * kRowLanes;
+    if (row < row_end) f(u, row);
+  }
+}
+
+// The end of a (B, k) pass, called by every thread of the block: the thread's column sums
+// (sum0: h or delta, sum1: d^2) go to row ty of the block's lane sums, then
+// store_chunk_partials writes the partials of the block's chunk.
+template <int VEC, typename acc_t>
+__device__ __forceinline__ void store_block_sums(
+    const PassBlock<VEC>& block, const acc_t (&sum0)[VEC], const acc_t (&sum1)[VEC], acc_t* __restrict__ partials,
+    int64_t k) {
+  constexpr int kTile = PassBlock<VEC>::kTile;
+  __shared__ acc_t lane_sums[kRowLanes][2][kTile];
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) {
+    lane_sums[block.ty][0][block.tx * VEC + v] = sum0[v];
+    lane_sums[block.ty][1][block.tx * VEC + v] = sum1[v];
+  }
+  __syncthreads();
+  store_chunk_partials<acc_t, kTile>(lane_sums, partials, k, block.tile_begin, blockIdx.y);
 }
 
 // Thread (tx, ty) of a finalize block adds chunks ty, ty + kFinalizeLanes, ... of column
@@ -183,59 +236,35 @@ __global__ void __launch_bounds__(kPassThreads, kPassMinBlocksPerSM) activate_ke
     scalar_t* __restrict__ hidden, int64_t B, int64_t k, int64_t rows_per_chunk,
     at::opmath_type<scalar_t>* __restrict__ partials, unsigned int* __restrict__ counter) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int kTile = kColumnThreads * VEC;
   constexpr int kUnroll = row_unroll<scalar_t, VEC>(1);
-  __shared__ acc_t lane_sums[kRowLanes][2][kTile];
-
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t tile_begin = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int64_t col = tile_begin + tx * VEC;
-  const int64_t row_begin = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
-  const int64_t row_end = row_begin + rows_per_chunk < B ? row_begin + rows_per_chunk : B;
-
-  acc_t h_sum[VEC], d2_sum[VEC];
-#pragma unroll
-  for (int v = 0; v < VEC; ++v) h_sum[v] = d2_sum[v] = acc_t(0);
+  const PassBlock<VEC> block(B, rows_per_chunk);
+  const int64_t col = block.col, row_end = block.row_end;
+  acc_t h_sum[VEC] = {}, d2_sum[VEC] = {};
 
   if (col < k) {
-    for (int64_t r = row_begin + ty; r < row_end; r += kRowLanes * kUnroll) {
+    for (int64_t r = block.row_begin + block.ty; r < row_end; r += kRowLanes * kUnroll) {
       // Issue all loads of the group first: the stores below go to the same array, and
       // the compiler could not otherwise move later loads above them.
       Pack<scalar_t, VEC> a[kUnroll];
+      for_each_row<kUnroll>(r, row_end, [&](int u, int64_t row) { a[u] = load_pack<VEC>(hidden + row * k + col); });
+      for_each_row<kUnroll>(r, row_end, [&](int u, int64_t row) {
+        Pack<scalar_t, VEC> out;
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int64_t row = r + u * kRowLanes;
-        if (row < row_end) a[u] = load_pack<VEC>(hidden + row * k + col);
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int64_t row = r + u * kRowLanes;
-        if (row < row_end) {
-          Pack<scalar_t, VEC> out;
-#pragma unroll
-          for (int v = 0; v < VEC; ++v) {
-            const scalar_t rounded = static_cast<scalar_t>(sigmoid(static_cast<acc_t>(a[u].val[v])));
-            const acc_t h = static_cast<acc_t>(rounded);
-            const acc_t d = sigmoid_slope(h);
-            out.val[v] = rounded;
-            h_sum[v] += h;
-            d2_sum[v] += d * d;
-          }
-          store_pack<VEC>(hidden + row * k + col, out);
+        for (int v = 0; v < VEC; ++v) {
+          const scalar_t rounded = static_cast<scalar_t>(sigmoid(static_cast<acc_t>(a[u].val[v])));
+          const acc_t h = static_cast<acc_t>(rounded);
+          const acc_t d = sigmoid_slope(h);
+          out.val[v] = rounded;
+          h_sum[v] += h;
+          d2_sum[v] += d * d;
         }
-      }
+        store_pack<VEC>(hidden + row * k + col, out);
+      });
     }
   }
 
-#pragma unroll
-  for (int v = 0; v < VEC; ++v) {
-    lane_sums[ty][0][tx * VEC + v] = h_sum[v];
-    lane_sums[ty][1][tx * VEC + v] = d2_sum[v];
-  }
-  __syncthreads();
-  store_chunk_partials<acc_t, kTile>(lane_sums, partials, k, tile_begin, blockIdx.y);
-
-  if (blockIdx.x == 0 && blockIdx.y == 0 && tx == 0 && ty == 0) *counter = 0u;
+  store_block_sums(block, h_sum, d2_sum, partials, k);
+  if (blockIdx.x == 0 && blockIdx.y == 0 && block.tx == 0 && block.ty == 0) *counter = 0u;
 }
 
 // Block b owns columns [16 b, 16 b + 16): it adds the chunk partials of its columns (chunk
@@ -340,20 +369,11 @@ __global__ void __launch_bounds__(kPassThreads, kPassMinBlocksPerSM) delta_kerne
     const at::opmath_type<scalar_t>* __restrict__ row_norms, scalar_t* __restrict__ delta, int64_t B, int64_t k,
     int64_t rows_per_chunk, at::opmath_type<scalar_t>* __restrict__ partials) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int kTile = kColumnThreads * VEC;
   constexpr int kUnroll = row_unroll<scalar_t, VEC>(2);
-  __shared__ acc_t lane_sums[kRowLanes][2][kTile];
-
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t tile_begin = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int64_t col = tile_begin + tx * VEC;
-  const int64_t row_begin = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
-  const int64_t row_end = row_begin + rows_per_chunk < B ? row_begin + rows_per_chunk : B;
+  const PassBlock<VEC> block(B, rows_per_chunk);
+  const int64_t col = block.col, row_end = block.row_end;
   const bool reduce = partials != nullptr;
-
-  acc_t delta_sum[VEC], d2_sum[VEC];
-#pragma unroll
-  for (int v = 0; v < VEC; ++v) delta_sum[v] = d2_sum[v] = acc_t(0);
+  acc_t delta_sum[VEC] = {}, d2_sum[VEC] = {};
 
   if (col < k) {
     // Per-column terms, the same expressions as the CPU backend.
@@ -369,47 +389,33 @@ __global__ void __launch_bounds__(kPassThreads, kPassMinBlocksPerSM) delta_kerne
       coef[v] = grad_contractive != nullptr ? row_norms[col + v] * contractive_scale : acc_t(0);
     }
 
-    for (int64_t r = row_begin + ty; r < row_end; r += kRowLanes * kUnroll) {
+    for (int64_t r = block.row_begin + block.ty; r < row_end; r += kRowLanes * kUnroll) {
       Pack<scalar_t, VEC> h[kUnroll], g[kUnroll];
+      for_each_row<kUnroll>(r, row_end, [&](int u, int64_t row) {
+        h[u] = load_pack<VEC>(hidden + row * k + col);
+        if (grad_hidden != nullptr) g[u] = load_pack<VEC>(grad_hidden + row * k + col);
+      });
+      for_each_row<kUnroll>(r, row_end, [&](int u, int64_t row) {
+        Pack<scalar_t, VEC> out;
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int64_t row = r + u * kRowLanes;
-        if (row < row_end) {
-          h[u] = load_pack<VEC>(hidden + row * k + col);
-          if (grad_hidden != nullptr) g[u] = load_pack<VEC>(grad_hidden + row * k + col);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int64_t row = r + u * kRowLanes;
-        if (row < row_end) {
-          Pack<scalar_t, VEC> out;
-#pragma unroll
-          for (int v = 0; v < VEC; ++v) {
-            const acc_t value = static_cast<acc_t>(h[u].val[v]);
-            const acc_t upstream = (grad_hidden != nullptr ? static_cast<acc_t>(g[u].val[v]) : acc_t(0)) + rho_term[v];
-            const acc_t delta_il = pre_activation_grad(value, upstream, coef[v]);
-            out.val[v] = static_cast<scalar_t>(delta_il);
-            if (reduce) {
-              const acc_t d = sigmoid_slope(value);
-              delta_sum[v] += delta_il;
-              d2_sum[v] += d * d;
-            }
+        for (int v = 0; v < VEC; ++v) {
+          const acc_t value = static_cast<acc_t>(h[u].val[v]);
+          const acc_t upstream = (grad_hidden != nullptr ? static_cast<acc_t>(g[u].val[v]) : acc_t(0)) + rho_term[v];
+          const acc_t delta_il = pre_activation_grad(value, upstream, coef[v]);
+          out.val[v] = static_cast<scalar_t>(delta_il);
+          if (reduce) {
+            const acc_t d = sigmoid_slope(value);
+            delta_sum[v] += delta_il;
+            d2_sum[v] += d * d;
           }
-          store_pack<VEC>(delta + row * k + col, out);
         }
-      }
+        store_pack<VEC>(delta + row * k + col, out);
+      });
     }
   }
 
   if (!reduce) return;  // grid-uniform
-#pragma unroll
-  for (int v = 0; v < VEC; ++v) {
-    lane_sums[ty][0][tx * VEC + v] = delta_sum[v];
-    lane_sums[ty][1][tx * VEC + v] = d2_sum[v];
-  }
-  __syncthreads();
-  store_chunk_partials<acc_t, kTile>(lane_sums, partials, k, tile_begin, blockIdx.y);
+  store_block_sums(block, delta_sum, d2_sum, partials, k);
 }
 
 // Adds the chunk partials of the delta pass (chunk order, then lane order):
@@ -475,7 +481,7 @@ struct CudaBackend {
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> activate_and_reduce(at::Tensor& hidden, const at::Tensor& weight) {
     const c10::cuda::CUDAGuard device_guard(hidden.device());
     const int64_t B = hidden.size(0), k = hidden.size(1), n = weight.size(1);
-    const auto acc_options = hidden.options().dtype(at::toOpMathType(hidden.scalar_type()));
+    const auto acc_options = opmath_options(hidden);
     at::Tensor mean_activation = at::empty({k}, hidden.options());
     at::Tensor squared_row_norms = at::empty({k}, acc_options);
     if (k == 0) {
@@ -548,15 +554,13 @@ struct CudaBackend {
           constexpr int kWide = pack_width<scalar_t>();
           constexpr size_t kWideBytes = kWide * sizeof(scalar_t);
           const scalar_t* h = hidden.const_data_ptr<scalar_t>();
-          const scalar_t* g_h = grad_hidden.has_value() ? grad_hidden->const_data_ptr<scalar_t>() : nullptr;
-          const scalar_t* g_row = grad_hidden_row.has_value() ? grad_hidden_row->const_data_ptr<scalar_t>() : nullptr;
-          const scalar_t* g_rho =
-              grad_mean_activation.has_value() ? grad_mean_activation->const_data_ptr<scalar_t>() : nullptr;
-          const scalar_t* g_c = has_contractive ? grad_contractive->const_data_ptr<scalar_t>() : nullptr;
+          const scalar_t* g_h = data_or_null<scalar_t>(grad_hidden);
+          const scalar_t* g_row = data_or_null<scalar_t>(grad_hidden_row);
+          const scalar_t* g_rho = data_or_null<scalar_t>(grad_mean_activation);
+          const scalar_t* g_c = data_or_null<scalar_t>(grad_contractive);
           const scalar_t* w = weight.const_data_ptr<scalar_t>();
           scalar_t* out = delta.mutable_data_ptr<scalar_t>();
-          const bool wide_rows = k % kWide == 0 && is_aligned(h, kWideBytes) && is_aligned(out, kWideBytes) &&
-              (g_h == nullptr || is_aligned(g_h, kWideBytes));
+          const bool wide_rows = k % kWide == 0 && all_aligned(kWideBytes, h, out, g_h);
           const bool wide_weight = n % kWide == 0 && is_aligned(w, kWideBytes);
           const PassGrid pass(B, k, kWide, wide_rows ? kWide : 1);
 
@@ -565,7 +569,7 @@ struct CudaBackend {
           const bool compute_norms = has_contractive && !squared_row_norms.has_value();
           const int64_t norms_size = compute_norms ? k : 0;
           const int64_t partials_size = reduce ? pass.chunks * 2 * k : 0;
-          at::Tensor workspace = at::empty({norms_size + partials_size}, hidden.options().dtype(at::toOpMathType(hidden.scalar_type())));
+          at::Tensor workspace = at::empty({norms_size + partials_size}, opmath_options(hidden));
           const acc_t* norms = nullptr;
           if (has_contractive) {
             norms = compute_norms ? workspace.mutable_data_ptr<acc_t>() : squared_row_norms->const_data_ptr<acc_t>();
@@ -599,81 +603,11 @@ struct CudaBackend {
   }
 };
 
-// ---------------------------------------------------------------------------------------
-// The sparsity penalty of the mean activations (kernel_math.h's KlSparsity): one block
-// adds the per-unit terms, each thread in index order and the threads in a fixed tree, so
-// the sum is deterministic; the backward is elementwise. The upstream gradient is read on
-// the device (no host synchronization).
-
-constexpr int kKlThreads = 256;
-
-template <typename scalar_t, typename acc_t>
-__global__ void kl_sparsity_kernel(const scalar_t* __restrict__ rho_hat, int64_t count, KlSparsity<acc_t> kl,
-                                   scalar_t* __restrict__ penalty) {
-  __shared__ acc_t partial[kKlThreads];
-  acc_t sum = 0;
-  for (int64_t l = threadIdx.x; l < count; l += kKlThreads) sum += kl.term(static_cast<acc_t>(rho_hat[l]));
-  partial[threadIdx.x] = sum;
-  __syncthreads();
-  for (int stride = kKlThreads / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) *penalty = static_cast<scalar_t>(partial[0]);
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void kl_sparsity_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ rho_hat,
-                                            int64_t count, KlSparsity<acc_t> kl, scalar_t* __restrict__ out) {
-  const acc_t upstream = static_cast<acc_t>(*grad);
-  for (int64_t l = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; l < count;
-       l += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[l] = static_cast<scalar_t>(upstream * kl.slope(static_cast<acc_t>(rho_hat[l])));
-  }
-}
-
-at::Tensor kl_sparsity_cuda(const at::Tensor& mean_activation_in, double target) {
-  check_kl_sparsity_inputs(mean_activation_in, target);
-  const c10::cuda::CUDAGuard device_guard(mean_activation_in.device());
-  const at::Tensor mean_activation = mean_activation_in.contiguous();
-  at::Tensor penalty = at::empty({}, mean_activation.options());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean_activation.scalar_type(), "pyae_kl_sparsity_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    kl_sparsity_kernel<scalar_t, acc_t><<<1, kKlThreads, 0, stream>>>(
-        mean_activation.const_data_ptr<scalar_t>(), mean_activation.numel(), make_kl_sparsity<scalar_t, acc_t>(target),
-        penalty.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return penalty;
-}
-
-at::Tensor kl_sparsity_backward_cuda(const at::Tensor& grad, const at::Tensor& mean_activation_in, double target) {
-  check_kl_sparsity_backward_inputs(grad, mean_activation_in, target);
-  const c10::cuda::CUDAGuard device_guard(mean_activation_in.device());
-  const at::Tensor mean_activation = mean_activation_in.contiguous();
-  at::Tensor grad_mean_activation = at::empty_like(mean_activation);
-  const int64_t count = mean_activation.numel();
-  if (count == 0) return grad_mean_activation;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div<int64_t>(count, kKlThreads), 1024));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean_activation.scalar_type(), "pyae_kl_sparsity_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    kl_sparsity_backward_kernel<scalar_t, acc_t><<<blocks, kKlThreads, 0, stream>>>(
-        grad.const_data_ptr<scalar_t>(), mean_activation.const_data_ptr<scalar_t>(), count,
-        make_kl_sparsity<scalar_t, acc_t>(target), grad_mean_activation.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return grad_mean_activation;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyae, CUDA, m) {
   m.impl("sigmoid_encoder", &sigmoid_encoder_forward<CudaBackend>);
   m.impl("sigmoid_encoder_backward", &sigmoid_encoder_backward<CudaBackend>);
-  m.impl("kl_sparsity", &kl_sparsity_cuda);
-  m.impl("kl_sparsity_backward", &kl_sparsity_backward_cuda);
 }
 
 }  // namespace pyae

@@ -32,5 +32,12 @@ inline bool is_aligned(const void* p, size_t bytes) {
   return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
 }
 
+// Whether every pointer is aligned to bytes, a null pointer (an absent input) counting as
+// aligned: the condition for the vector path of a kernel that reads or writes them all.
+template <typename... T>
+inline bool all_aligned(size_t bytes, const T*... p) {
+  return ((p == nullptr || is_aligned(p, bytes)) && ...);
+}
+
 }  // namespace cuda_detail
 }  // namespace pyae
