@@ -1,14 +1,18 @@
 """Builds the compiled core of pyae, the extension module ``pyae._C``.
 
 The build is a CppExtension (CPU kernels only) or a CUDAExtension (CPU and CUDA kernels).
-CUDA is chosen when torch is a CUDA build and a CUDA toolkit (nvcc and its headers) is
-found. Environment switches:
+As torchvision does, the CUDA kernels are built when a GPU is visible (for its architecture)
+and torch is a CUDA build with a CUDA toolkit (nvcc and its headers) at hand, or when asked
+(FORCE_CUDA=1, or TORCH_CUDA_ARCH_LIST naming the architectures); otherwise the build is
+CPU-only, and says so: compiling kernels that the machine cannot run would be most of the
+install's time. Environment switches:
 
-    FORCE_CUDA=1            build the CUDA kernels even if the checks above say no
+    FORCE_CUDA=1            build the CUDA kernels even without a visible GPU
     PYAE_CUDA=0             never build the CUDA kernels
     CUDA_HOME               the toolkit folder whose include/ holds cuda_runtime.h
-    TORCH_CUDA_ARCH_LIST    GPU architectures to compile for, e.g. "9.0" or "8.0;9.0+PTX"; without
-                            it, the visible GPUs', or DEFAULT_CUDA_ARCH_LIST when none is visible
+    TORCH_CUDA_ARCH_LIST    GPU architectures to compile for, e.g. "9.0" or "8.0;9.0+PTX" (setting
+                            it asks for a CUDA build); without it, the visible GPUs', or
+                            DEFAULT_CUDA_ARCH_LIST under FORCE_CUDA=1 with none visible
     MAX_JOBS                parallel compile jobs (ninja)
     DEBUG=1                 -O0 -g, no NDEBUG
 
@@ -96,7 +100,14 @@ def _choose_backend():
         return False, f"torch {torch.__version__} is not a CUDA build"
     if cuda_home is None:
         return False, "no CUDA toolkit found (set CUDA_HOME to the folder whose include/ holds cuda_runtime.h)"
-    return True, f"torch {torch.__version__} is a CUDA {torch.version.cuda} build and nvcc is in {cuda_home}"
+    if os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip():
+        return True, f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} (nvcc in {cuda_home})"
+    if not torch.cuda.is_available():
+        return False, (
+            "no GPU is visible, so its kernels could not run here; FORCE_CUDA=1 (or TORCH_CUDA_ARCH_LIST=...) "
+            "builds them anyway"
+        )
+    return True, f"a GPU is visible, torch is a CUDA {torch.version.cuda} build and nvcc is in {cuda_home}"
 
 
 def _extension():

@@ -30,6 +30,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "model_from_checkpoint",
+    "best_checkpoint_path",
     "rng_state",
     "restore_rng_state",
 ]
@@ -249,6 +250,13 @@ def model_from_checkpoint(checkpoint: Union[Checkpoint, PathLike], *, device=Non
     except RuntimeError as err:
         raise ValueError(f"{checkpoint.path!r}: the model state does not fit its config: {err}") from err
     return model.eval()
+
+
+def best_checkpoint_path(path: PathLike) -> Path:
+    """Where a run with validation keeps the checkpoint of its best epoch (the lowest held-out
+    loss so far): beside ``path``, ``checkpoint.pt`` -> ``checkpoint.best.pt``."""
+    path = Path(os.fspath(path))
+    return path.with_name(f"{path.stem}.best{path.suffix}")
 
 
 def rng_state(generators: Mapping[str, torch.Generator], device: torch.device) -> Dict[str, Any]:

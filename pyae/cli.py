@@ -1,4 +1,4 @@
-"""The ``pyae`` command: ``train``, ``filters`` and ``experiment``.
+"""The ``pyae`` command: ``train``, ``encode``, ``filters`` and ``experiment``.
 
 Every failure that comes from the user's input (an unknown option, a value the library
 rejects, a missing or corrupt checkpoint, a bad data directory, a CUDA device that is not
@@ -26,7 +26,7 @@ from pyae import __version__, distributed
 from pyae._atomic import atomic_write
 from pyae.checkpoint import load_checkpoint, model_from_checkpoint
 from pyae.config import DTYPES, MIXED_PRECISION, OPTIMIZERS, RESUMABLE_FIELDS, TrainConfig, resolve_device
-from pyae.data import load_mnist, random_subset
+from pyae.data import apply_minmax, load_examples, load_mnist, minmax_range, random_subset
 from pyae.training import train
 from pyae.validation import DECODER_ACTIVATIONS, RECONSTRUCTION_LOSSES
 
@@ -38,6 +38,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# The data options of a training run, stored with its checkpoint (a resumed run trains on
+# the same data).
+_DATA_SETTINGS = ("data", "data_key", "limit", "val", "scale")
 _CONFIG_FIELDS = frozenset(TrainConfig.__dataclass_fields__)
 
 
@@ -108,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     shared = _shared_options()
     _add_train_parser(commands, shared)
     _add_filters_parser(commands)
+    _add_encode_parser(commands)
     _add_experiment_parser(commands, shared)
     return parser
 
@@ -120,8 +124,9 @@ def _shared_options() -> argparse.ArgumentParser:
     shared.add_argument("--out", required=True, metavar="DIR", help="output directory")
     shared.add_argument("--device", default=argparse.SUPPRESS, metavar="{auto,cpu,cuda}",
                         help="where to train: auto (a GPU if there is one), cpu, cuda or cuda:N (default auto)")
-    shared.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS,
-                        help="directory with the standard MNIST IDX files (default: the embedded subset)")
+    shared.add_argument("--data", metavar="PATH", default=argparse.SUPPRESS,
+                        help="a directory of the standard MNIST IDX files (default: the embedded subset); train also "
+                             "takes a .npy, .npz, .csv or .pt file of shape (examples, features)")
     shared.add_argument("--seed", type=_non_negative_int, default=argparse.SUPPRESS,
                         help="seed of the initialization, shuffling and noise (default 0)")
     shared.add_argument("--threads", type=_positive_int, default=None, metavar="N",
@@ -145,8 +150,14 @@ def _add_train_parser(commands, shared: argparse.ArgumentParser) -> None:
         ),
     )
     resume = train_parser.add_argument("--resume", action="store_true")
-    train_parser.add_argument("--limit", type=_positive_int, default=argparse.SUPPRESS, metavar="N",
-                              help="train on a random subset of N examples (drawn with --seed)")
+    data = train_parser.add_argument_group("data")
+    data.add_argument("--data-key", metavar="NAME", default=argparse.SUPPRESS,
+                      help="the array to read from a .npz or .pt file holding several")
+    data.add_argument("--scale", choices=("minmax", "minmax-global"), default=argparse.SUPPRESS,
+                      help="rescale the inputs into [0, 1] (cross-entropy needs it): min-max per feature, or over the "
+                           "whole array; taken from the training examples, applied to --val and by 'pyae encode'")
+    data.add_argument("--limit", type=_positive_int, default=argparse.SUPPRESS, metavar="N",
+                      help="train on a random subset of N examples (drawn with --seed)")
     # Every option below sets the TrainConfig field named by its dest; default=SUPPRESS, the
     # defaults come from TrainConfig.
     model = train_parser.add_argument_group("model (pyae.Autoencoder keywords)")
@@ -180,6 +191,14 @@ def _add_train_parser(commands, shared: argparse.ArgumentParser) -> None:
     option(optim, "--mixed-precision", choices=MIXED_PRECISION,
            help="train under torch.autocast in this dtype (float32 parameters and loss; float16 adds a "
                 "gradient scaler); default off")
+    held_out = train_parser.add_argument_group("held-out monitoring")
+    held_out.add_argument("--val", metavar="PATH", default=argparse.SUPPRESS,
+                          help="validation examples (a file or MNIST directory as for --data), measured every epoch")
+    option(held_out, "--val-fraction", type=_finite_float, metavar="F",
+           help="hold out this fraction of the training examples for validation instead (default 0)")
+    option(held_out, "--early-stopping", type=_positive_int, metavar="EPOCHS",
+           help="stop when the validation loss has not improved for this many epochs; "
+                "the best epoch's checkpoint is kept as checkpoint.best.pt")
     option(optim, "--cuda-graph", action=argparse.BooleanOptionalAction,
            help="run each step as one CUDA graph replay (CUDA only, one process; default off)")
     resumable = ", ".join(_option_of(train_parser, field) for field in RESUMABLE_FIELDS)
@@ -202,6 +221,29 @@ def _add_filters_parser(commands) -> None:
     filters.set_defaults(handler=_cmd_filters)
 
 
+def _add_encode_parser(commands) -> None:
+    encode = commands.add_parser(
+        "encode",
+        allow_abbrev=False,
+        help="write a trained model's hidden representation of some data to a .npy file",
+        description=(
+            "Encode examples with a checkpoint's model (clean inputs, eval mode, in batches) and write the "
+            "hidden representation, one row per example, to a .npy file any other tool can read. The input "
+            "scaling the model was trained with (--scale) is applied."
+        ),
+    )
+    encode.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by 'pyae train'")
+    encode.add_argument("--data", metavar="PATH", default=None,
+                        help="an MNIST IDX directory or a .npy, .npz, .csv or .pt file (default: the embedded MNIST)")
+    encode.add_argument("--data-key", metavar="NAME", default=None, help="the array of a .npz or .pt file")
+    encode.add_argument("--split", choices=("train", "test"), default="train",
+                        help="which MNIST digits, for a directory or the embedded set (default train)")
+    encode.add_argument("--out", required=True, metavar="NPY", help="output file (.npy)")
+    encode.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}", help="where to encode (default auto)")
+    encode.add_argument("--batch-size", type=_positive_int, default=4096, help="examples per batch (default 4096)")
+    encode.set_defaults(handler=_cmd_encode)
+
+
 def _add_experiment_parser(commands, shared: argparse.ArgumentParser) -> None:
     experiment = commands.add_parser(
         "experiment",
@@ -216,7 +258,9 @@ def _add_experiment_parser(commands, shared: argparse.ArgumentParser) -> None:
     )
     experiment.add_argument("--quick", action="store_true",
                             help="a smoke run of seconds (small models, few epochs, data subsets)")
-    experiment.set_defaults(handler=_cmd_experiment, device="auto", data=None, seed=0)
+    # The shared options' defaults are read in _cmd_experiment: set_defaults here would change
+    # the actions train shares, whose default must stay SUPPRESS.
+    experiment.set_defaults(handler=_cmd_experiment)
 
 
 def _config_actions(parser: argparse.ArgumentParser):
@@ -253,12 +297,39 @@ def _given_config_options(args) -> Dict[str, Any]:
     return {field: value for field, value in vars(args).items() if field in _CONFIG_FIELDS}
 
 
-def _load_images(root: Optional[str], limit: Optional[int], seed: int):
-    if root is not None and not os.path.isdir(root):
-        raise CLIError(f"argument --data: {root!r} is not a directory")
-    images, _ = load_mnist(root, "train")
+def _read_examples(option: str, path: Optional[str], key: Optional[str], split: str = "train") -> torch.Tensor:
+    """The examples at ``path`` (an MNIST directory or an array file), or the embedded MNIST."""
+    try:
+        if path is None:
+            return load_mnist(None, split)[0]
+        if os.path.isdir(path):
+            if key is not None:
+                raise CLIError(f"argument --data-key: {path!r} is an MNIST directory, which has no named arrays")
+            return load_mnist(path, split)[0]
+        return load_examples(path, key=key)
+    except (OSError, ValueError) as err:
+        raise CLIError(f"argument {option}: {err}") from err
+
+
+def _load_training_data(settings: Dict[str, Any], seed: int):
+    """(training examples, validation examples or None, the input scaling or None) as the
+    data settings say: the examples (a random subset of ``limit`` of them, drawn with
+    ``seed``), rescaled by the min-max ranges of the training examples."""
+    images = _read_examples("--data", settings["data"], settings["data_key"])
     # A random subset, not the first N: the embedded digits are sorted by class.
-    return random_subset(limit, images, generator=torch.Generator().manual_seed(seed))[0]
+    images = random_subset(settings["limit"], images, generator=torch.Generator().manual_seed(seed))[0]
+    validation = None
+    if settings["val"] is not None:
+        validation = _read_examples("--val", settings["val"], settings["data_key"])
+        if validation.shape[1] != images.shape[1]:
+            raise CLIError(f"argument --val: {validation.shape[1]} features, the training data has {images.shape[1]}")
+    scaling = None
+    if settings["scale"] is not None:
+        low, span = minmax_range(images, per_feature=settings["scale"] == "minmax")
+        scaling = {"kind": settings["scale"], "low": low.tolist(), "span": span.tolist()}
+        images = apply_minmax(images, low, span)
+        validation = None if validation is None else apply_minmax(validation, low, span)
+    return images, validation, scaling
 
 
 def _check_out_dir(out: Path) -> None:
@@ -273,7 +344,7 @@ def _cmd_train(args) -> int:
     out = Path(args.out)
     _check_out_dir(out)
     checkpoint_path = out / CHECKPOINT_NAME
-    data_settings = {"data": getattr(args, "data", None), "limit": getattr(args, "limit", None)}
+    data_settings = {name: getattr(args, name, None) for name in _DATA_SETTINGS}
     if args.resume:
         config, data_settings = _resumed_config(args, checkpoint_path, data_settings)
         if config is None:
@@ -293,13 +364,16 @@ def _cmd_train(args) -> int:
     rank_device = distributed.start_process_group(device)
     if rank_device is not None:
         device, config = rank_device, config.replace(device=str(rank_device))
-    images = _load_images(data_settings["data"], data_settings["limit"], config.seed)
+    if config.early_stopping is not None and data_settings["val"] is None and config.val_fraction == 0.0:
+        raise CLIError("argument --early-stopping: needs validation data: --val PATH or --val-fraction F")
+    images, validation, scaling = _load_training_data(data_settings, config.seed)
     out.mkdir(parents=True, exist_ok=True)
     previous_threads = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        status = _train_and_report(args, config, device, images, out, checkpoint_path, data_settings)
+        extra = {"data_settings": data_settings, "input_scaling": scaling}
+        status = _train_and_report(args, config, device, (images, validation), out, checkpoint_path, extra)
         if rank_device is not None:
             # Every rank done (rank 0 has written its files) before the group goes away. Only
             # on success: a rank that failed must not wait for the others, which torchrun stops.
@@ -338,10 +412,10 @@ def _resumed_config(args, checkpoint_path: Path, data_settings: Dict[str, Any]):
     # pyae.training.train() directly has no record of it: then the options decide.
     stored_data = checkpoint.extra.get("data_settings")
     if isinstance(stored_data, dict):
-        for key, option in (("data", "--data"), ("limit", "--limit")):
+        for key in _DATA_SETTINGS:
             if hasattr(args, key) and data_settings[key] != stored_data.get(key):
                 raise CLIError(
-                    f"argument {option}: {data_settings[key]!r} differs from the checkpoint's "
+                    f"argument --{key.replace('_', '-')}: {data_settings[key]!r} differs from the checkpoint's "
                     f"{stored_data.get(key)!r}; a resumed run trains on the same data"
                 )
             data_settings[key] = stored_data.get(key)
@@ -368,15 +442,16 @@ def _train_device(args, config: TrainConfig) -> torch.device:
     return device
 
 
-def _train_and_report(args, config, device, images, out: Path, checkpoint_path: Path, data_settings) -> int:
+def _train_and_report(args, config, device, data, out: Path, checkpoint_path: Path, extra) -> int:
+    images, validation = data
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     quiet = args.quiet or rank != 0  # rank 0 speaks and writes for the run
     if not quiet:
         print(f"training {config.n_hidden} hidden units on {images.shape[0]} examples on {device}; "
               f"checkpoints: {checkpoint_path}", file=sys.stderr)
     try:
-        model, history = train(config, images, checkpoint_path=checkpoint_path, resume=args.resume,
-                               progress=not quiet, extra={"data_settings": data_settings})
+        model, history = train(config, images, validation=validation, checkpoint_path=checkpoint_path,
+                               resume=args.resume, progress=not quiet, extra=extra)
     except KeyboardInterrupt:
         _report_interrupt(checkpoint_path, config.epochs)
         return EXIT_INTERRUPTED
@@ -388,12 +463,7 @@ def _train_and_report(args, config, device, images, out: Path, checkpoint_path: 
         f.write("\n")
     written = [str(checkpoint_path), str(out / "history.json")]
     try:
-        from pyae.viz import save_filter_grid
-
-        side = math.isqrt(model.n_inputs)
-        if side * side == model.n_inputs:
-            save_filter_grid(model.filters()[:100], out / "filters.png", rows=10, cols=10, tile_shape=(side, side))
-            written.append(str(out / "filters.png"))
+        written += _save_pictures(model, history, out)
     except ImportError:
         pass  # matplotlib is optional: the checkpoint is what matters
     last = {k: v[-1] for k, v in history.items() if k not in ("epoch", "seconds") and v}
@@ -401,6 +471,24 @@ def _train_and_report(args, config, device, images, out: Path, checkpoint_path: 
     print(f"trained {history['epoch'][-1]} epochs ({sum(history['seconds']):.1f}s of training): {terms}")
     print("wrote " + ", ".join(written))
     return EXIT_OK
+
+
+def _save_pictures(model, history: Dict[str, Any], out: Path):
+    """The filters (when the inputs are square images) and the training curves; the paths."""
+    from pyae.viz import save_filter_grid, save_line_plot
+
+    written = []
+    side = math.isqrt(model.n_inputs)
+    if side * side == model.n_inputs:
+        save_filter_grid(model.filters()[:100], out / "filters.png", rows=10, cols=10, tile_shape=(side, side))
+        written.append(str(out / "filters.png"))
+    curves = {"training": history["loss"]}
+    if "val_loss" in history:
+        curves["validation"] = history["val_loss"]
+    save_line_plot(curves, out / "curves.png", x=history["epoch"], ylabel="loss per example",
+                   title="loss per epoch (training: with corruption and penalties as trained)")
+    written.append(str(out / "curves.png"))
+    return written
 
 
 def _report_interrupt(checkpoint_path: Path, epochs: int) -> None:
@@ -442,18 +530,48 @@ def _cmd_filters(args) -> int:
     return EXIT_OK
 
 
+def _cmd_encode(args) -> int:
+    import numpy as np
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise CLIError(f"argument --device: {err}") from err
+    model = model_from_checkpoint(checkpoint, device=device)
+    examples = _read_examples("--data", args.data, args.data_key, args.split)
+    if examples.shape[1] != model.n_inputs:
+        raise CLIError(f"argument --data: {examples.shape[1]} features, the model takes {model.n_inputs}")
+    scaling = checkpoint.extra.get("input_scaling")
+    if scaling:
+        examples = apply_minmax(examples, torch.tensor(scaling["low"]), torch.tensor(scaling["span"]))
+    dtype = checkpoint.config.torch_dtype
+    with torch.no_grad():
+        codes = torch.cat([model.encode(batch.to(device=device, dtype=dtype)).float().cpu()
+                           for batch in examples.split(args.batch_size)])
+    out = Path(args.out)
+    if out.is_dir():
+        raise CLIError(f"argument --out: {str(out)!r} is a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out, "wb") as f:
+        np.save(f, codes.numpy())
+    print(f"wrote {out}: the {codes.shape[1]}-unit codes of {codes.shape[0]} examples (float32)")
+    return EXIT_OK
+
+
 def _cmd_experiment(args) -> int:
     from pyae.experiment import format_table, run_experiment  # needs the experiment extra (scikit-learn)
 
+    device, data, seed = getattr(args, "device", "auto"), getattr(args, "data", None), getattr(args, "seed", 0)
     try:
-        resolve_device(args.device)
+        resolve_device(device)
     except ValueError as err:
         raise CLIError(f"argument --device: {err}") from err
-    if args.data is not None and not os.path.isdir(args.data):
-        raise CLIError(f"argument --data: {args.data!r} is not a directory")
+    if data is not None and not os.path.isdir(data):
+        raise CLIError(f"argument --data: {data!r} is not a directory")
     out = Path(args.out)
     _check_out_dir(out)
-    results = run_experiment(out, quick=args.quick, device=args.device, data_root=args.data, seed=args.seed,
+    results = run_experiment(out, quick=args.quick, device=device, data_root=data, seed=seed,
                              progress=not args.quiet, num_threads=args.threads)
     print(format_table(results))
     print(f"\nwrote {out / 'results.json'} and {out / 'report.md'}")

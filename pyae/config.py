@@ -58,9 +58,9 @@ MODEL_FIELDS = (
     "contractive_weight",
 )
 
-#: The fields a resumed run may change: how long it runs, where, and whether its steps are
-#: replayed as CUDA graphs (the same numbers); never what it computes.
-RESUMABLE_FIELDS = ("epochs", "device", "cuda_graph")
+#: The fields a resumed run may change: how long it runs (and when it stops early), where,
+#: and whether its steps are replayed as CUDA graphs (the same numbers); never what it computes.
+RESUMABLE_FIELDS = ("epochs", "early_stopping", "device", "cuda_graph")
 
 
 @dataclass
@@ -75,7 +75,7 @@ class TrainConfig:
         n_hidden: the number of hidden units ``k``.
         tied_weights, decoder_activation, loss, weight_decay, noise, noise_level,
             sparsity_target, sparsity_weight, contractive_weight: as in :class:`pyae.Autoencoder`.
-        epochs: the number of passes over the data (>= 1).
+        epochs: the number of passes over the data (>= 1; fewer with ``early_stopping``).
         batch_size: examples per step (>= 1); the last, smaller batch of an epoch is kept.
         lr: the learning rate (> 0).
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
@@ -87,6 +87,13 @@ class TrainConfig:
             ``torch.autocast`` in that dtype (float32 parameters, float32 loss; see
             docs/design.md for what runs in which dtype). ``"float16"`` adds a
             ``torch.amp.GradScaler`` against gradient underflow. Needs ``dtype="float32"``.
+        val_fraction: the fraction of the examples held out for validation, in [0, 1): drawn
+            with ``seed`` before training, never trained on; the held-out loss and each term
+            are measured after every epoch. 0: no held-out split (``train`` may still be given
+            a validation set).
+        early_stopping: stop when the held-out loss has not improved for this many epochs
+            (>= 1; needs validation data), keeping the best epoch's checkpoint beside the
+            last one. None: train for ``epochs``.
         cuda_graph: run each training step as one CUDA graph replay (:class:`pyae.TrainStep`):
             forward, backward and the optimizer's update captured once per batch shape. CUDA
             only, one process; Adam is then built with ``capturable=True``. Goes with
@@ -118,6 +125,8 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     mixed_precision: Optional[str] = None
+    val_fraction: float = 0.0
+    early_stopping: Optional[int] = None
     cuda_graph: bool = False
 
     def __post_init__(self) -> None:
@@ -139,6 +148,9 @@ class TrainConfig:
                 f"mixed_precision={self.mixed_precision!r} needs dtype='float32' (autocast runs float32 "
                 f"parameters' products in {self.mixed_precision}), got dtype={self.dtype!r}"
             )
+        self.val_fraction = check_number(self.val_fraction, "val_fraction", below_one=True)
+        if self.early_stopping is not None:
+            self.early_stopping = check_int(self.early_stopping, "early_stopping", 1)
         self.device = check_device(self.device)
         check_bool(self.cuda_graph, "cuda_graph")
         if self.cuda_graph and self.device == "cpu":

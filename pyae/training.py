@@ -34,7 +34,14 @@ from torch import Tensor
 
 from pyae import distributed
 from pyae._typing import PathLike
-from pyae.checkpoint import Checkpoint, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from pyae.checkpoint import (
+    Checkpoint,
+    best_checkpoint_path,
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
 from pyae.config import RESUMABLE_FIELDS, TrainConfig, build_model, build_optimizer, resolve_device
 from pyae.modules import Autoencoder, AutoencoderOutput
 from pyae.step import TrainStep, make_grad_scaler, optimizer_step
@@ -44,12 +51,18 @@ __all__ = ["train"]
 # The noise generator's seed is config.seed plus this (the golden-ratio constant): a stream
 # independent of the shuffling one.
 _NOISE_SEED_OFFSET = 0x9E3779B97F4A7C15
+# Held-out examples per forward pass of the validation.
+_VALIDATION_CHUNK = 4096
+# Training examples up to this size move to the device and are gathered once per epoch;
+# larger ones are gathered batch by batch where they are.
+_ON_DEVICE_BYTES = 1 << 30
 
 
 def train(
     config: TrainConfig,
     images: Tensor,
     *,
+    validation: Optional[Tensor] = None,
     checkpoint_path: Optional[PathLike] = None,
     resume: bool = False,
     progress: bool = True,
@@ -65,7 +78,12 @@ def train(
 
     Args:
         config: the run.
-        images: ``(N, n)`` training inputs (for ``loss="cross_entropy"`` in [0, 1]).
+        images: ``(N, n)`` training inputs (for ``loss="cross_entropy"`` in [0, 1]). With
+            ``config.val_fraction``, that fraction of them is held out for validation.
+        validation: ``(M, n)`` held-out inputs, measured after every epoch (instead of
+            ``config.val_fraction``, not with it). The held-out loss and terms are those of
+            the model in eval mode (no corruption), over the whole set (in chunks of 4,096
+            examples, each term weighted by its chunk's size).
         checkpoint_path: where to write a checkpoint after every epoch (atomically; see
             :func:`save_checkpoint`). None: no checkpoints.
         resume: continue the run stored at ``checkpoint_path``: the model, optimizer, epoch
@@ -95,8 +113,12 @@ def train(
         lists: ``"epoch"``, ``"loss"`` (mean per example of the total), one list per loss
         term (``"reconstruction"``, and ``"weight_decay"``, ``"sparsity"``, ``"contractive"``
         when enabled; unweighted, as in ``output.terms``) and ``"seconds"`` (training time
-        of the epoch). A resumed run's history covers the earlier epochs too. With
-        ``config.mixed_precision`` the losses are float32 (autocast computes them in float32).
+        of the epoch). With validation data, ``"val_loss"`` and ``"val_<term>"`` for each
+        term, per held-out example. A resumed run's history covers the earlier epochs too.
+        With ``config.mixed_precision`` the losses are float32 (autocast computes them in
+        float32). With ``config.early_stopping`` training ends once ``val_loss`` has not
+        improved for that many epochs; the model returned is the last one, and the best
+        epoch's checkpoint is at :func:`pyae.checkpoint.best_checkpoint_path`.
 
     Raises:
         KeyboardInterrupt: propagated as is; the checkpoint of the last complete epoch is intact.
@@ -112,19 +134,23 @@ def train(
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     _check_images(images, config)
+    rows, validation = _split_validation(config, images, validation)
     checkpoint = _checkpoint_to_resume(config, images, checkpoint_path) if resume else None
-    run = _Run.start(config, images, checkpoint, extra)
+    run = _Run.start(config, images, rows, validation, checkpoint, extra)
 
-    steps_per_epoch = math.ceil(images.shape[0] / config.batch_size)
+    steps_per_epoch = math.ceil(run.examples / config.batch_size)
     bar = _Progress(progress and run.writes, config.epochs * steps_per_epoch, run.start_epoch * steps_per_epoch,
                     config.epochs)
     run.model.train()
     try:
         for epoch in range(run.start_epoch + 1, config.epochs + 1):
+            if run.stops_early():
+                break
             started = time.perf_counter()
             bar.begin(epoch)
             metrics = run.train_epoch(epoch, bar, callback)
             seconds = time.perf_counter() - started  # train_epoch's metrics synchronized the device
+            metrics.update(run.validate(epoch))
             run.record(epoch, metrics, seconds, checkpoint_path)
             bar.epoch(epoch, metrics, seconds)
     finally:
@@ -134,20 +160,49 @@ def train(
     return run.model, run.history
 
 
-def _check_images(images, config: TrainConfig) -> None:
+def _check_images(images, config: TrainConfig, name: str = "images") -> None:
     if not isinstance(images, Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 2 or images.shape[0] < 1 or images.shape[1] < 1:
-        raise ValueError(f"images must be a non-empty 2-D tensor (examples, features), got shape {tuple(images.shape)}")
+        raise ValueError(f"{name} must be a non-empty 2-D tensor (examples, features), got shape {tuple(images.shape)}")
     if not images.is_floating_point():
-        raise TypeError(f"images must be a floating-point tensor, got {images.dtype}")
+        raise TypeError(f"{name} must be a floating-point tensor, got {images.dtype}")
     if config.loss == "cross_entropy":
         # Checked once here, so a bad dataset fails before any training rather than mid-epoch.
         low, high = torch.aminmax(images.detach())
         if low < 0 or high > 1:
             raise ValueError(
-                f"loss='cross_entropy' needs images in [0, 1], got values in [{low.item():g}, {high.item():g}]"
+                f"loss='cross_entropy' needs {name} in [0, 1], got values in [{low.item():g}, {high.item():g}]"
+                " (rescale them, e.g. min-max per feature)"
             )
+
+
+def _split_validation(config: TrainConfig, images: Tensor,
+                      validation: Optional[Tensor]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """(the rows of ``images`` to train on, or None for all; the validation examples or None):
+    ``validation`` as given, or ``config.val_fraction`` of the images drawn with
+    ``config.seed`` (both parts kept in their original order; only the held-out part is
+    copied)."""
+    rows = None
+    if validation is not None:
+        if config.val_fraction > 0.0:
+            raise ValueError("give either validation data or config.val_fraction > 0, not both")
+        _check_images(validation, config, name="validation")
+        if validation.shape[1] != images.shape[1]:
+            raise ValueError(f"validation has {validation.shape[1]} features but the images have {images.shape[1]}")
+    elif config.val_fraction > 0.0:
+        held_out = round(images.shape[0] * config.val_fraction)
+        if not 1 <= held_out < images.shape[0]:
+            raise ValueError(
+                f"val_fraction={config.val_fraction} of {images.shape[0]} examples leaves no "
+                f"{'validation' if held_out < 1 else 'training'} examples"
+            )
+        order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(config.seed))
+        validation = images[order[:held_out].sort().values]
+        rows = order[held_out:].sort().values
+    if config.early_stopping is not None and validation is None:
+        raise ValueError("early_stopping needs validation data (config.val_fraction > 0, or validation=...)")
+    return rows, validation
 
 
 def _checkpoint_to_resume(config: TrainConfig, images: Tensor, checkpoint_path: PathLike) -> Checkpoint:
@@ -173,7 +228,9 @@ class _Run:
 
     config: TrainConfig
     device: torch.device
-    data: Tensor  # the examples, on the device, in the model's dtype
+    data: Tensor  # the examples in the model's dtype: on the device, or on the CPU when large
+    rows: Optional[Tensor]  # the rows of data to train on (on data's device), None for all
+    validation: Optional[Tensor]  # the held-out examples, on the device, or None
     model: Autoencoder
     optimizer: torch.optim.Optimizer
     generators: Dict[str, torch.Generator]  # "shuffle" (the data order) and "noise" (the corruption)
@@ -184,13 +241,18 @@ class _Run:
     history: Dict[str, List[float]] = field(default_factory=dict)
 
     @property
+    def examples(self) -> int:
+        """The number of training examples."""
+        return self.data.shape[0] if self.rows is None else self.rows.shape[0]
+
+    @property
     def writes(self) -> bool:
         """Whether this process writes checkpoints and shows progress (rank 0 of several)."""
         return self.ranks is None or self.ranks.rank == 0
 
     @classmethod
-    def start(cls, config: TrainConfig, images: Tensor, checkpoint: Optional[Checkpoint],
-              extra: Optional[Mapping[str, Any]]) -> "_Run":
+    def start(cls, config: TrainConfig, images: Tensor, rows: Optional[Tensor], validation: Optional[Tensor],
+              checkpoint: Optional[Checkpoint], extra: Optional[Mapping[str, Any]]) -> "_Run":
         device = resolve_device(config.device)
         if config.cuda_graph and device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs a CUDA device; device={config.device!r} resolved to {device}")
@@ -202,8 +264,14 @@ class _Run:
         # Every rank draws the same order (the same seed); the noise differs from rank to rank.
         generators = {"shuffle": torch.Generator(device=device), "noise": torch.Generator(device=device)}
         _seed_generators(generators, config.seed, epoch=0, rank=ranks.rank if ranks else 0)
-        run = cls(config=config, device=device, data=images.detach().to(device=device, dtype=config.torch_dtype),
-                  model=model, optimizer=optimizer, generators=generators,
+        on_device = lambda t: None if t is None else t.detach().to(device=device, dtype=config.torch_dtype)  # noqa: E731
+        # Examples up to _ON_DEVICE_BYTES move to the device once, and an epoch gathers them
+        # in its order at once; larger ones (a memory-mapped file) stay where they are and
+        # each batch gathers its rows, so that no epoch copies the whole set.
+        large = images.numel() * config.torch_dtype.itemsize > _ON_DEVICE_BYTES
+        data = images.detach().to(dtype=config.torch_dtype) if large else on_device(images)
+        run = cls(config=config, device=device, data=data, rows=None if rows is None else rows.to(data.device),
+                  validation=on_device(validation), model=model, optimizer=optimizer, generators=generators,
                   step=_step_function(config, model, optimizer, generators["noise"], ranks), ranks=ranks,
                   extra=extra)
         if checkpoint is not None:
@@ -234,12 +302,21 @@ class _Run:
         if self.extra is None:
             self.extra = checkpoint.extra
 
-    def _batches(self, epoch_data: Tensor):
-        """(step, batch, share) for each step of an epoch: under torch.distributed, this rank's
-        part of each batch and its share of it (a batch with fewer examples than ranks is
-        skipped); otherwise the whole batch and a share of 1."""
-        for step, begin in enumerate(range(0, epoch_data.shape[0], self.config.batch_size)):
-            batch = epoch_data[begin:begin + self.config.batch_size]
+    def _batches(self, order: Tensor):
+        """(step, batch, share) for each step of an epoch whose examples come in ``order``:
+        under torch.distributed, this rank's part of each batch and its share of it (a batch
+        with fewer examples than ranks is skipped); otherwise the whole batch and a share of 1."""
+        if self.rows is not None:
+            order = self.rows.index_select(0, order.to(self.rows.device))
+        if self.data.device == self.device:
+            # One gather per epoch, then contiguous slices: cheaper than a gather per step.
+            epoch_data = self.data.index_select(0, order)
+            gather = lambda begin, end: epoch_data[begin:end]  # noqa: E731
+        else:
+            order = order.to(self.data.device)
+            gather = lambda begin, end: self.data.index_select(0, order[begin:end]).to(self.device)  # noqa: E731
+        for step, begin in enumerate(range(0, order.shape[0], self.config.batch_size)):
+            batch = gather(begin, begin + self.config.batch_size)
             if self.ranks is None:
                 yield step, batch, 1.0
             elif batch.shape[0] >= self.ranks.world:
@@ -248,34 +325,60 @@ class _Run:
 
     def train_epoch(self, epoch: int, bar: "_Progress", callback) -> Dict[str, float]:
         """One pass over the data; returns the epoch's mean loss and terms per example."""
-        order = torch.randperm(self.data.shape[0], generator=self.generators["shuffle"], device=self.device)
-        # One gather per epoch, then contiguous slices: cheaper than a gather per step.
-        shuffled = self.data.index_select(0, order)
+        order = torch.randperm(self.examples, generator=self.generators["shuffle"], device=self.device)
         sums = _TermSums()
-        for step, batch, share in self._batches(shuffled):
+        for step, batch, share in self._batches(order):
             output = self.step(batch, share)
             sums.add(output, batch.shape[0])
             bar.step()
             if callback is not None:
                 callback(epoch, step, output)
-        metrics = sums.means(self.data.shape[0], all_ranks=self.ranks is not None)
+        metrics = sums.means(self.examples, all_ranks=self.ranks is not None)
         if not all(math.isfinite(v) for v in metrics.values()):
             raise FloatingPointError(
                 f"training diverged in epoch {epoch}: {metrics}; lower the learning rate (lr={self.config.lr})"
             )
         return metrics
 
+    @torch.no_grad()
+    def validate(self, epoch: int) -> Dict[str, float]:
+        """The held-out loss and terms per example ("val_..."), in eval mode; {} without
+        validation data."""
+        if self.validation is None:
+            return {}
+        self.model.eval()
+        sums = _TermSums()
+        autocast_dtype = None if self.config.mixed_precision is None else getattr(torch, self.config.mixed_precision)
+        with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            for chunk in self.validation.split(_VALIDATION_CHUNK):
+                sums.add(self.model(chunk), chunk.shape[0])
+        self.model.train()
+        metrics = sums.means(self.validation.shape[0], all_ranks=False)
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise FloatingPointError(f"the held-out loss diverged in epoch {epoch}: {metrics}")
+        return {f"val_{name}": value for name, value in metrics.items()}
+
+    def stops_early(self) -> bool:
+        """Whether the held-out loss has not improved for config.early_stopping epochs."""
+        patience, losses = self.config.early_stopping, self.history.get("val_loss", [])
+        return patience is not None and len(losses) > patience and min(losses[-patience:]) >= min(losses[:-patience])
+
     def record(self, epoch: int, metrics: Mapping[str, float], seconds: float,
                checkpoint_path: Optional[PathLike]) -> None:
-        """Add the epoch to the history and write the checkpoint (rank 0 only)."""
+        """Add the epoch to the history and write the checkpoint (rank 0 only), and the best
+        one so far beside it when the held-out loss improved."""
         self.history.setdefault("epoch", []).append(float(epoch))
         for name, value in metrics.items():
             self.history.setdefault(name, []).append(value)
         self.history.setdefault("seconds", []).append(seconds)
-        if checkpoint_path is not None and self.writes:
-            save_checkpoint(checkpoint_path, model=self.model, optimizer=self.optimizer, epoch=epoch,
-                            config=self.config, rng_state=rng_state(self.generators, self.device),
-                            history=self.history, extra=self.extra)
+        if checkpoint_path is None or not self.writes:
+            return
+        state = dict(model=self.model, optimizer=self.optimizer, epoch=epoch, config=self.config,
+                     rng_state=rng_state(self.generators, self.device), history=self.history, extra=self.extra)
+        save_checkpoint(checkpoint_path, **state)
+        losses = self.history.get("val_loss", [])
+        if losses and losses[-1] <= min(losses):
+            save_checkpoint(best_checkpoint_path(checkpoint_path), **state)
 
 
 def _seed_generators(generators: Mapping[str, torch.Generator], seed: int, *, epoch: int, rank: int) -> None:

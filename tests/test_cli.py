@@ -45,7 +45,7 @@ def test_train_resume_and_filters(tmp_path, capsys):
     checkpoint = out / "checkpoint.pt"
     ckpt = load_checkpoint(checkpoint)
     assert ckpt.epoch == 1 and ckpt.config.n_hidden == 8 and ckpt.config.noise == "mask"
-    assert ckpt.extra["data_settings"] == {"data": None, "limit": 200}
+    assert ckpt.extra["data_settings"] == {"data": None, "data_key": None, "limit": 200, "val": None, "scale": None}
     history = json.loads((out / "history.json").read_text())
     assert history["history"]["epoch"] == [1]
     assert (out / "filters.png").stat().st_size > 0
@@ -56,7 +56,7 @@ def test_train_resume_and_filters(tmp_path, capsys):
 
     # Resuming may change --epochs, not the model or the optimization.
     code, _, err = run(capsys, "train", "--out", out, "--resume", "--lr", "0.5", "--epochs", "2")
-    assert_usage_error(code, err, "--lr", "0.5", "0.01", "only --epochs, --device, --cuda-graph may change")
+    assert_usage_error(code, err, "--lr", "0.5", "0.01", "only --epochs, --early-stopping, --device, --cuda-graph may change")
     code, _, err = run(capsys, "train", "--out", out, "--resume", "--mixed-precision", "bfloat16", "--epochs", "2")
     assert_usage_error(code, err, "--mixed-precision", "'bfloat16'", "None")
     code, _, err = run(capsys, "train", "--out", out, "--resume", "--limit", "300", "--epochs", "2")
@@ -86,6 +86,46 @@ def test_train_resume_and_filters(tmp_path, capsys):
     code, _, err = run(capsys, "filters", checkpoint)
     assert code == 0, err
     assert (out / "filters.png").exists()
+
+
+def test_train_on_a_file_with_validation_then_encode(tmp_path, capsys):
+    # A user's own data: a .npy file of values in [0, 255], rescaled per feature, a held-out
+    # fifth with early stopping, the codes written by 'pyae encode' with the same scaling.
+    import numpy as np
+
+    generator = np.random.default_rng(0)
+    data = (generator.random((120, 12)) * 255).astype(np.float32)
+    np.save(tmp_path / "data.npy", data)
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, "train", "--out", out, "--data", tmp_path / "data.npy", "--scale", "minmax",
+                            "--loss", "cross_entropy", "--hidden", "5", "--epochs", "3", "--batch-size", "16",
+                            "--val-fraction", "0.2", "--early-stopping", "5", "--threads", "1", "--quiet")
+    assert code == 0, err
+    history = json.loads((out / "history.json").read_text())["history"]
+    assert len(history["val_loss"]) == 3 and (out / "curves.png").stat().st_size > 0
+    assert (out / "checkpoint.best.pt").exists() and not (out / "filters.png").exists()  # 12 inputs: no tiles
+    code, stdout, err = run(capsys, "encode", out / "checkpoint.pt", "--data", tmp_path / "data.npy",
+                            "--out", tmp_path / "codes.npy", "--device", "cpu", "--batch-size", "50")
+    assert code == 0, err
+    codes = np.load(tmp_path / "codes.npy")
+    assert codes.shape == (120, 5) and codes.dtype == np.float32
+    from pyae.checkpoint import model_from_checkpoint
+
+    model = model_from_checkpoint(out / "checkpoint.pt")
+    scaled = (data - data.min(0)) / (data.max(0) - data.min(0))
+    with torch.no_grad():
+        expected = model.encode(torch.from_numpy(scaled)).numpy()
+    np.testing.assert_allclose(codes, expected, rtol=1e-5, atol=1e-6)
+    # The data options are part of the run: a resume with other ones is refused.
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--scale", "minmax-global", "--epochs", "4")
+    assert_usage_error(code, err, "--scale", "minmax-global", "same data")
+    code, _, err = run(capsys, "encode", out / "checkpoint.pt", "--data", tmp_path / "ragged.npy", "--out",
+                       tmp_path / "c.npy")
+    assert_usage_error(code, err, "--data", "ragged.npy")
+    np.save(tmp_path / "narrow.npy", data[:, :5])
+    code, _, err = run(capsys, "encode", out / "checkpoint.pt", "--data", tmp_path / "narrow.npy", "--out",
+                       tmp_path / "c.npy")
+    assert_usage_error(code, err, "5 features", "takes 12")
 
 
 def test_train_with_mixed_precision(tmp_path, capsys):
@@ -148,7 +188,12 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, capsys, mo
         (["train", "--out", "{tmp}/a", "--mixed-precision", "float8"], ["--mixed-precision", "float8"]),
         (["train", "--out", "{tmp}/a", "--mixed-precision", "bfloat16", "--dtype", "float64"],
          ["--mixed-precision", "dtype='float32'"]),
-        (["train", "--out", "{tmp}/a", "--data", "{tmp}/no-such-dir"], ["--data", "not a directory"]),
+        (["train", "--out", "{tmp}/a", "--data", "{tmp}/no-such-dir"], ["--data", "no such file"]),
+        (["train", "--out", "{tmp}/a", "--data", "{tmp}/file.txt"], ["--data", "file.txt", ".npy"]),
+        (["train", "--out", "{tmp}/a", "--data", "{tmp}/ragged.csv"], ["--data", "ragged.csv", "line 2"]),
+        (["train", "--out", "{tmp}/a", "--early-stopping", "2"], ["--early-stopping", "validation"]),
+        (["train", "--out", "{tmp}/a", "--val-fraction", "1.5"], ["--val-fraction"]),
+        (["encode", "{tmp}/missing.pt", "--out", "{tmp}/c.npy"], ["missing.pt", "does not exist"]),
         (["train", "--out", "{tmp}/a", "--data", "{tmp}"], ["not found", "train-images-idx3-ubyte"]),
         (["train", "--out", "{tmp}/a", "--resume"], ["no checkpoint", "without --resume"]),
         (["train", "--out", "{tmp}/file.txt"], ["not a directory"]),
@@ -164,6 +209,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, capsys, mo
 )
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, argv, fragments):
     (tmp_path / "file.txt").write_text("not a checkpoint")
+    (tmp_path / "ragged.csv").write_text("1,2,3\n4,5\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     code, out, err = run(capsys, *argv)
     assert_usage_error(code, err, *fragments)
@@ -222,3 +268,13 @@ def test_python_dash_m_pyae_help():
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
     assert "usage: pyae" in result.stdout and "experiment" in result.stdout
+
+
+def test_options_left_out_are_absent_for_train():
+    # train tells the options given from the defaults (a resume keeps the checkpoint's values):
+    # the options it shares with experiment must not pick up experiment's defaults.
+    args = cli.build_parser().parse_args(["train", "--out", "x"])
+    for name in ("device", "seed", "data", "n_hidden", "lr"):
+        assert not hasattr(args, name), name
+    args = cli.build_parser().parse_args(["experiment", "--out", "x"])
+    assert not hasattr(args, "seed")  # read with its default by the command

@@ -6,7 +6,10 @@ import functools
 import gzip
 import hashlib
 import http.server
+import io
+import os
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -508,3 +511,397 @@ def test_download_checksums_must_cover_all_files(tmp_path):
     with pytest.raises(ValueError, match="algorithm"):
         data.download_mnist(tmp_path, base_url="http://127.0.0.1:9/",
                             checksums={n: "crc99:00" for n in data.MNIST_FILES})
+
+
+# ------------------------------------------------------------------- array files
+
+
+def _mapping_of(t: torch.Tensor) -> str | None:
+    """The file whose mapping holds ``t``'s data (Linux ``/proc/self/maps``), or None."""
+    address = t.data_ptr()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            if low <= address < high:
+                return fields[5].strip() if len(fields) == 6 else None
+    return None
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+
+EXAMPLES = np.array([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0], [6.0, 7.5, 8.0], [-1.0, 10.0, 0.25]])
+
+
+def _npy(path: Path, arr) -> Path:
+    with open(path, "wb") as f:  # np.save(path) would append ".npy" to "X.NPY"
+        np.save(f, np.asarray(arr))
+    return path
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+@pytest.mark.parametrize("np_dtype", [np.float32, np.float64, np.float16, np.uint8, np.int64, np.uint32, np.bool_])
+def test_load_array_npy_roundtrip(tmp_path, mmap, np_dtype):
+    arr = np.abs(EXAMPLES).astype(np_dtype)
+    out = data.load_array(_npy(tmp_path / "x.npy", arr), mmap=mmap)
+    assert out.dtype == torch.float32 and out.shape == (4, 3) and not out.requires_grad
+    np.testing.assert_array_equal(out.numpy(), arr.astype(np.float32))
+
+
+@pytest.mark.parametrize("order", ["fortran", "big-endian"])
+def test_load_array_npy_layouts(tmp_path, order):
+    arr = np.asfortranarray(EXAMPLES) if order == "fortran" else EXAMPLES.astype(">f8")
+    out = data.load_array(_npy(tmp_path / "x.npy", arr), dtype=torch.float64)
+    np.testing.assert_array_equal(out.numpy(), EXAMPLES)
+
+
+def test_load_array_accepts_str_path_and_upper_case_suffix(tmp_path):
+    p = _npy(tmp_path / "X.NPY", EXAMPLES)
+    torch.testing.assert_close(data.load_array(str(p), dtype=torch.float64), torch.from_numpy(EXAMPLES))
+
+
+@linux_only
+def test_npy_mmap_is_a_copy_on_write_view_of_the_file(tmp_path):
+    # The docstring's promise: a .npy already of `dtype` comes back without a copy, as a
+    # private (copy-on-write) mapping of the file; writes never reach the file.
+    arr = EXAMPLES.astype(np.float32)
+    p = _npy(tmp_path / "x.npy", arr)
+    out = data.load_array(p)
+    assert _mapping_of(out) == str(p)
+    out[0, 0] = 99.0
+    np.testing.assert_array_equal(np.load(p), arr)
+    assert out[0, 0] == 99.0
+
+
+@linux_only
+@pytest.mark.parametrize(
+    "kwargs", [{"mmap": False}, {"dtype": torch.float64}, {"scale": "minmax"}], ids=["no-mmap", "dtype", "scale"]
+)
+def test_npy_copies_when_documented(tmp_path, kwargs):
+    p = _npy(tmp_path / "x.npy", EXAMPLES.astype(np.float32))
+    assert _mapping_of(data.load_array(p, **kwargs)) != str(p)
+
+
+@linux_only
+def test_pt_mmap_is_a_view_of_the_file(tmp_path):
+    p = tmp_path / "x.pt"
+    torch.save(torch.from_numpy(EXAMPLES).float(), p)
+    assert _mapping_of(data.load_array(p)) == str(p)
+    assert _mapping_of(data.load_array(p, mmap=False)) != str(p)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_load_array_npz(tmp_path, compressed):
+    save = np.savez_compressed if compressed else np.savez
+    save(tmp_path / "one.npz", EXAMPLES)  # stored as "arr_0"
+    save(tmp_path / "two.npz", images=EXAMPLES, labels=np.arange(4))
+    expected = torch.from_numpy(EXAMPLES)
+    torch.testing.assert_close(data.load_array(tmp_path / "one.npz", dtype=torch.float64), expected)
+    torch.testing.assert_close(data.load_array(tmp_path / "one.npz", key="arr_0", dtype=torch.float64), expected)
+    torch.testing.assert_close(data.load_array(tmp_path / "two.npz", key="images", dtype=torch.float64), expected)
+
+
+@pytest.mark.parametrize(
+    "text, header",
+    [
+        ("0,1,2\n3,4,5\n6,7.5,8\n-1,10,0.25\n", None),  # no header, detected
+        ("0,1,2\n3,4,5\n6,7.5,8\n-1,10,0.25\n", False),
+        ("a,b,c\n0,1,2\n3,4,5\n6,7.5,8\n-1,10,0.25\n", None),  # header, detected
+        ("a,b,c\n0,1,2\n3,4,5\n6,7.5,8\n-1,10,0.25\n", True),
+        ("1,2,3\n0,1,2\n3,4,5\n6,7.5,8\n-1,10,0.25\n", True),  # numeric column names, stated
+        ('\ufeff"x", "y" ,z\n\n 0 ,"1",2\n3,4,5\r\n6, 7.5e0 ,8\n-1,1e1,.25\n\n', None),  # BOM, quotes, blanks
+    ],
+    ids=["plain", "no-header", "detected", "stated", "numeric-names", "messy"],
+)
+def test_load_array_csv(tmp_path, text, header):
+    p = tmp_path / "x.csv"
+    p.write_bytes(text.encode())
+    out = data.load_array(p, header=header, dtype=torch.float64)
+    torch.testing.assert_close(out, torch.from_numpy(EXAMPLES))
+
+
+def test_load_array_csv_single_column(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_text("value\n1\n2\n")
+    assert data.load_array(p).tolist() == [[1.0], [2.0]]
+
+
+def test_load_array_pt(tmp_path):
+    x = torch.from_numpy(EXAMPLES)
+    torch.save(x, tmp_path / "tensor.pt")
+    torch.save({"images": x, "step": 3}, tmp_path / "one.pt")
+    torch.save({"images": x, "labels": torch.arange(4)}, tmp_path / "two.pt")
+    torch.save(torch.nn.Parameter(x.clone()), tmp_path / "param.pt")
+    for name, key in [("tensor.pt", None), ("one.pt", None), ("one.pt", "images"), ("two.pt", "images"),
+                      ("param.pt", None)]:
+        out = data.load_array(tmp_path / name, key=key, dtype=torch.float64)
+        torch.testing.assert_close(out, x)
+        assert not out.requires_grad
+    with pytest.raises(ValueError, match=r"\['labels'\]: expected a 2-D array"):
+        data.load_array(tmp_path / "two.pt", key="labels")
+
+
+def test_load_array_pt_legacy_format(tmp_path):
+    p = tmp_path / "old.pt"
+    torch.save(torch.from_numpy(EXAMPLES), p, _use_new_zipfile_serialization=False)
+    torch.testing.assert_close(data.load_array(p, dtype=torch.float64), torch.from_numpy(EXAMPLES))
+
+
+# ------------------------------------------------------------------------ scaling
+
+
+SCALING = np.array([[0.0, 5.0, -2.0], [10.0, 5.0, 2.0], [5.0, 5.0, 0.0]])
+
+
+def test_minmax_per_feature(tmp_path):
+    out = data.load_array(_npy(tmp_path / "x.npy", SCALING), scale="minmax", dtype=torch.float64)
+    expected = [[0.0, 0.0, 0.0], [1.0, 0.0, 1.0], [0.5, 0.0, 0.5]]  # the constant column becomes 0
+    assert out.tolist() == expected
+
+
+def test_minmax_global(tmp_path):
+    out = data.load_array(_npy(tmp_path / "x.npy", SCALING), scale="minmax-global", dtype=torch.float64)
+    expected = (SCALING + 2.0) / 12.0
+    torch.testing.assert_close(out, torch.from_numpy(expected), rtol=0, atol=1e-15)
+    assert out.min() == 0.0 and out.max() == 1.0
+
+
+def test_minmax_global_constant_array(tmp_path):
+    out = data.load_array(_npy(tmp_path / "x.npy", np.full((3, 2), 7.0)), scale="minmax-global")
+    assert torch.equal(out, torch.zeros(3, 2))
+
+
+def test_minmax_bytes_to_unit_interval(tmp_path):
+    pixels = np.array([[0, 255, 17], [255, 0, 17], [51, 102, 17]], dtype=np.uint8)
+    out = data.load_array(_npy(tmp_path / "x.npy", pixels), scale="minmax")
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.2, 0.4, 0.0]]))
+
+
+def test_minmax_spans_blocks(tmp_path, monkeypatch):
+    # The min and max come from every block of rows, not just the first.
+    monkeypatch.setattr(data, "_BLOCK_ELEMENTS", 3)
+    arr = np.arange(30, dtype=np.float64).reshape(10, 3)
+    out = data.load_array(_npy(tmp_path / "x.npy", arr), scale="minmax", dtype=torch.float64)
+    torch.testing.assert_close(out, torch.from_numpy(np.repeat(np.arange(10) / 9, 3).reshape(10, 3)))
+
+
+@pytest.mark.parametrize("scale", ["minmax", "minmax-global"])
+@pytest.mark.parametrize("suffix", [".csv", ".pt", ".npz"])
+def test_scaling_applies_to_every_format(tmp_path, scale, suffix):
+    p = tmp_path / f"x{suffix}"
+    if suffix == ".csv":
+        p.write_text("\n".join(",".join(repr(float(v)) for v in row) for row in SCALING))
+    elif suffix == ".pt":
+        torch.save(torch.from_numpy(SCALING), p)
+    else:
+        np.savez(p, SCALING)
+    expected = data.load_array(_npy(tmp_path / "ref.npy", SCALING), scale=scale)
+    assert torch.equal(data.load_array(p, scale=scale), expected)
+
+
+# ----------------------------------------------------------------- load_examples
+
+
+def test_load_examples_directory_and_file(tmp_path):
+    arrays = make_mnist_dir(tmp_path / "mnist")
+    out = data.load_examples(tmp_path / "mnist")
+    torch.testing.assert_close(out, data.load_mnist(tmp_path / "mnist", "train")[0])
+    assert out.shape == (len(arrays["train"][0]), 784)
+    p = _npy(tmp_path / "x.npy", EXAMPLES)
+    assert torch.equal(data.load_examples(p, scale="minmax"), data.load_array(p, scale="minmax"))
+
+
+def test_load_examples_directory_scale(tmp_path):
+    make_mnist_dir(tmp_path)
+    out = data.load_examples(tmp_path, scale="minmax-global", dtype=torch.float64)
+    assert out.min() == 0.0 and out.max() == 1.0
+    with pytest.raises(ValueError, match="key and header") as info:
+        data.load_examples(tmp_path, key="images")
+    assert str(tmp_path) in str(info.value)
+
+
+def test_load_examples_directory_without_mnist(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        data.load_examples(tmp_path)
+
+
+# ------------------------------------------------------------------- bad files
+
+
+class _Boom:
+    """Unpickling one would create the directory ``marker``: evidence of unpickling."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def _write(path: Path, content) -> Path:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
+        path.write_text(content)
+    elif path.suffix == ".npy":
+        _npy(path, content)
+    elif path.suffix == ".pt":
+        torch.save(content, path)
+    else:
+        raise AssertionError(path)
+    return path
+
+
+def _npz(**arrays):
+    def write(path):
+        np.savez(path, **arrays)
+        return path
+    return write
+
+
+_NAN = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, np.nan]])
+_INF = np.array([[0.0, 1.0], [2.0, -np.inf], [4.0, np.inf]])
+
+BAD_FILES = [
+    # (file name, content or writer, load_array kwargs, message pattern)
+    ("ragged.csv", "1,2,3\n4,5\n", {}, r"line 2 has 2 fields, expected 3 \(as on line 1\)"),
+    ("ragged-header.csv", "a,b\n1,2,3\n", {}, r"line 2 has 3 fields, expected 2"),
+    ("text.csv", "1,2\n3,x\n", {}, r"non-numeric cell 'x' at line 2, column 2"),
+    ("underscore.csv", "1,2\n3,1_0\n", {}, r"non-numeric cell '1_0' at line 2, column 2"),
+    ("hole.csv", "1,2\n3,\n", {}, r"empty cell at line 2, column 2"),
+    ("mixed-first.csv", "a,2\n3,4\n", {}, r"non-numeric cell 'a' at line 1, column 1; .*header=True"),
+    ("stated.csv", "a,b\n3,4\n", {"header": False}, r"non-numeric cell 'a' at line 1, column 1"),
+    ("nan.csv", "1,2\n\n3,nan\n", {}, r"non-finite value 'nan' at line 3, column 2"),
+    ("inf.csv", "1,-inf\n3,4\n", {}, r"non-finite value '-inf' at line 1, column 2"),
+    ("empty.csv", "", {}, r"empty file"),
+    ("blank.csv", "\n \n", {}, r"empty file"),
+    ("header-only.csv", "a,b\n", {}, r"only a header line"),
+    ("latin1.csv", b"1,2\n3,\xe9\n", {}, r"not UTF-8"),
+    ("nan.npy", _NAN, {}, r"nan at row 2, column 1 \(counting from 0\)"),
+    ("inf.npy", _INF, {}, r"-inf at row 1, column 1"),
+    ("nan16.npy", _NAN.astype(np.float16), {"dtype": torch.float64}, r"nan at row 2, column 1"),
+    ("overflow.npy", np.array([[1.0, 1e300]]), {}, r"1e\+300 at row 0, column 1 .*does not fit in torch.float32"),
+    ("vector.npy", np.arange(5.0), {}, r"2-D array \(examples, features\), got shape \(5,\); .*\(N, 1\)"),
+    ("scalar.npy", np.float64(3.0), {}, r"got shape \(\)"),
+    ("cube.npy", np.zeros((2, 3, 4)), {}, r"got shape \(2, 3, 4\); flatten"),
+    ("no-rows.npy", np.zeros((0, 3)), {}, r"empty array of shape \(0, 3\)"),
+    ("no-columns.npy", np.zeros((3, 0)), {}, r"empty array of shape \(3, 0\)"),
+    ("complex.npy", np.ones((2, 2), complex), {}, r"non-numeric dtype complex128"),
+    ("strings.npy", np.array([["a", "b"]]), {}, r"non-numeric dtype <U1"),
+    ("record.npy", np.zeros((2, 2), dtype=[("a", "f4")]), {}, r"non-numeric dtype"),
+    ("garbage.npy", b"not an array at all", {}, r"not a \.npy file"),
+    ("truncated.npy", lambda p: p.write_bytes(_npy_bytes(np.zeros((50, 4)))[:-8]) or p, {}, r"unreadable \.npy data"),
+    ("truncated-nommap.npy", lambda p: p.write_bytes(_npy_bytes(np.zeros((50, 4)))[:-8]) or p, {"mmap": False},
+     r"unreadable \.npy data"),
+    ("several.npz", _npz(a=np.ones((2, 2)), b=np.ones((2, 2))), {}, r"holds 2 arrays \('a', 'b'\); choose one with key"),
+    ("missing-key.npz", _npz(a=np.ones((2, 2))), {"key": "b"}, r"no array named 'b'; it holds 'a'"),
+    ("nothing.npz", _npz(), {}, r"holds no arrays"),
+    ("bad-member.npz", _npz(images=np.zeros((2, 2, 2))), {}, r"\['images'\]: expected a 2-D array"),
+    ("nan.npz", _npz(x=_NAN), {}, r"\['x'\]: nan at row 2, column 1"),
+    ("garbage.npz", b"PK? not really", {}, r"not a \.npz file"),
+    ("vector.pt", torch.arange(3.0), {}, r"got shape \(3,\)"),
+    ("nan.pt", torch.tensor([[1.0, float("nan")]]), {}, r"nan at row 0, column 1"),
+    ("list.pt", [torch.ones(2, 2)], {}, r"holds a list; expected a tensor or a dict of tensors"),
+    ("several.pt", {"a": torch.ones(2, 2), "b": torch.ones(2, 2)}, {}, r"holds 2 tensors \('a', 'b'\)"),
+    ("missing-key.pt", {"a": torch.ones(2, 2)}, {"key": "b"}, r"no tensor named 'b'"),
+    ("not-tensor.pt", {"a": torch.ones(2, 2), "n": 3}, {"key": "n"}, r"entry 'n' is a int, not a tensor"),
+    ("key-for-tensor.pt", torch.ones(2, 2), {"key": "a"}, r"holds a tensor, not a dict"),
+    ("complex.pt", torch.ones(2, 2, dtype=torch.complex64), {}, r"non-numeric dtype torch.complex64"),
+    ("sparse.pt", torch.eye(3).to_sparse(), {}, r"torch.sparse_coo tensor"),
+    ("garbage.pt", b"hello world", {}, r"not a readable torch.save file"),
+    ("data.txt", "1,2\n", {}, r"unsupported file type '\.txt'; supported: \.npy, \.npz, \.csv, \.pt"),
+    ("noext", "1,2\n", {}, r"unsupported file type '\(no suffix\)'"),
+    ("key.npy", np.ones((2, 2)), {"key": "a"}, r"key='a' applies to \.npz and \.pt files only"),
+    ("header.pt", torch.ones(2, 2), {"header": True}, r"header=True applies to \.csv files only"),
+]
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, arr)
+    return buffer.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+@pytest.mark.parametrize("filename, content, kwargs, match", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_file(tmp_path, filename, content, kwargs, match):
+    p = tmp_path / filename
+    content(p) if callable(content) else _write(p, content)
+    with pytest.raises(ValueError, match=match) as info:
+        data.load_array(p, **kwargs)
+    message = str(info.value)
+    assert message.startswith(repr(str(p))) and "\n" not in message
+    with pytest.raises(ValueError):  # the CLI's entry point says the same
+        data.load_examples(p, **kwargs)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_pickled_npy_is_refused_without_unpickling(tmp_path, mmap):
+    marker = tmp_path / "unpickled"
+    p = tmp_path / "objects.npy"
+    np.save(p, np.array([[_Boom(marker), 1.0]], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="Python objects .*never loads pickles") as info:
+        data.load_array(p, mmap=mmap)
+    assert str(p) in str(info.value) and not marker.exists()
+    np.load(p, allow_pickle=True)  # the file really would run code when unpickled
+    assert marker.is_dir()
+
+
+def test_pickled_npz_member_is_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "unpickled"
+    p = tmp_path / "objects.npz"
+    np.savez(p, x=np.array([[_Boom(marker)]], dtype=object))
+    with pytest.raises(ValueError, match="Python objects") as info:
+        data.load_array(p)
+    assert str(p) in str(info.value) and not marker.exists()
+
+
+def test_pickled_pt_is_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "unpickled"
+    p = tmp_path / "objects.pt"
+    torch.save({"x": torch.ones(2, 2), "evil": _Boom(marker)}, p)
+    with pytest.raises(ValueError, match="weights_only=True") as info:
+        data.load_array(p, key="x")
+    assert str(p) in str(info.value) and not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["absent.npy", "absent.csv", "absent"])
+def test_missing_file_names_it(tmp_path, name):
+    p = tmp_path / name
+    for load in (data.load_array, data.load_examples):
+        with pytest.raises(FileNotFoundError, match="no such file or directory") as info:
+            load(p)
+        assert str(p) in str(info.value)
+
+
+def test_load_array_directory(tmp_path):
+    with pytest.raises(ValueError, match="is a directory.*load_examples") as info:
+        data.load_array(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"scale": "zscore"}, ValueError, "scale must be one of None, 'minmax', 'minmax-global'"),
+        ({"dtype": torch.int64}, ValueError, "dtype"),
+        ({"header": "yes"}, TypeError, "header"),
+        ({"key": 1}, TypeError, "key"),
+        ({"mmap": 1}, TypeError, "mmap"),
+    ],
+)
+def test_load_array_bad_options(tmp_path, kwargs, error, match):
+    p = _npy(tmp_path / "x.npy", EXAMPLES)
+    for load in (data.load_array, data.load_examples):
+        with pytest.raises(error, match=match):
+            load(p, **kwargs)
+
+
+def test_first_non_finite_spans_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_BLOCK_ELEMENTS", 4)
+    arr = np.zeros((20, 2))
+    arr[13, 1] = np.inf
+    arr[17, 0] = np.nan
+    with pytest.raises(ValueError, match="inf at row 13, column 1"):
+        data.load_array(_npy(tmp_path / "x.npy", arr))

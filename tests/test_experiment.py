@@ -9,7 +9,9 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
 from pyae.data import load_mnist  # noqa: E402
-from pyae.experiment import MODELS, QUICK_SETTINGS, _prepare, format_table, run_experiment  # noqa: E402
+import pyae  # noqa: E402
+import reference  # noqa: E402
+from pyae.experiment import MODELS, QUICK_SETTINGS, _encode_statistics, _prepare, format_table, run_experiment  # noqa: E402,E501
 
 AUTOENCODERS = list(MODELS)
 NAMES = ["raw", *AUTOENCODERS]
@@ -74,8 +76,25 @@ def test_pictures_and_report(quick_run):
 def test_statistics_mean_what_they_say(quick_run):
     _, results = quick_run
     models = results["models"]
-    # The sparse model's target (0.05) pulls its mean activation below the vanilla one's.
+    # The sparse model's target (0.05) pulls its mean activation below the vanilla one's, and
+    # the contractive penalty gives the least sensitive encoder of all.
     assert models["sparse"]["mean_activation"] < models["vanilla"]["mean_activation"]
+    jacobians = {name: entry["mean_squared_jacobian_norm"] for name, entry in models.items() if name != "raw"}
+    assert min(jacobians, key=jacobians.get) == "contractive", jacobians
+
+
+def test_encode_statistics_are_the_definitions():
+    # In chunks that do not divide the examples: the mean squared Jacobian norm (by jacrev)
+    # and the mean activation of the whole set, and the hidden codes.
+    torch.manual_seed(0)
+    model = pyae.Autoencoder(12, 7, dtype=torch.float64)
+    images = torch.rand(23, 12, dtype=torch.float64)
+    hidden, jacobian, activation = _encode_statistics(model, images, chunk=10)
+    weight, bias = model.encoder.weight.detach(), model.encoder.bias.detach()
+    expected_hidden, expected_activation, _ = reference.sigmoid_encoder(images, weight, bias)
+    torch.testing.assert_close(hidden, expected_hidden.float())
+    torch.testing.assert_close(activation, expected_activation)
+    assert jacobian == pytest.approx(reference.contractive_by_jacobian(images, weight, bias).item(), rel=1e-12)
 
 
 def test_format_table_plain():

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+import reference
 from pyae import functional as PF
 
 
@@ -143,7 +143,21 @@ def test_noise_argument_errors():
         PF.gaussian_noise(x, 1.0, generator=3)
 
 
-def test_functional_encoder_is_the_op():
-    x, weight = torch.rand(3, 4), torch.randn(2, 4)
-    out = PF.sigmoid_encoder(x, weight)
-    torch.testing.assert_close(out.hidden, torch.sigmoid(F.linear(x, weight)))
+def test_functional_encoders_are_the_ops():
+    # Every output of the encoder, and the masked encoder as the encoder of the masked input
+    # drawn from the same generator state, gradients included.
+    x, weight, bias = torch.rand(30, 9, dtype=torch.float64), torch.randn(6, 9, dtype=torch.float64), None
+    for b in (bias, torch.randn(6, dtype=torch.float64)):
+        for got, wanted in zip(PF.sigmoid_encoder(x, weight, b), reference.sigmoid_encoder(x, weight, b)):
+            torch.testing.assert_close(got, wanted)
+    x.requires_grad_()
+    weight.requires_grad_()
+    masked = PF.masked_sigmoid_encoder(x, weight, None, 0.4, generator=torch.Generator().manual_seed(5))
+    corrupted = PF.mask_noise(x, 0.4, generator=torch.Generator().manual_seed(5))
+    expected = reference.sigmoid_encoder(corrupted, weight)
+    for got, wanted in zip(masked, expected):
+        torch.testing.assert_close(got, wanted)
+    upstream = [torch.rand_like(t) for t in masked]
+    for got, wanted in zip(torch.autograd.grad(masked, [x, weight], upstream),
+                           torch.autograd.grad(expected, [x, weight], upstream)):
+        torch.testing.assert_close(got, wanted)

@@ -2,6 +2,7 @@
 and the classic result that a linear autoencoder finds the principal subspace."""
 
 import fractions
+import math
 import os
 
 import pytest
@@ -9,8 +10,15 @@ import torch
 
 import pyae
 from pyae import checkpoint as checkpoint_module
-from pyae.checkpoint import CHECKPOINT_VERSION, load_checkpoint, model_from_checkpoint, save_checkpoint
+from pyae.checkpoint import (
+    CHECKPOINT_VERSION,
+    best_checkpoint_path,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from pyae.config import TrainConfig, build_model, build_optimizer, resolve_device
+from pyae import training
 from pyae.data import load_mnist
 from pyae.training import train
 
@@ -64,6 +72,8 @@ def no_temp_files(directory):
         ("tied_weights", "yes", TypeError),
         ("cuda_graph", 1, TypeError),
         ("mixed_precision", "float8", ValueError),
+        ("val_fraction", 1.0, ValueError),
+        ("early_stopping", 0, ValueError),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value, error):
@@ -111,6 +121,71 @@ def test_mixed_precision_resume_is_bitwise_equal(tmp_path, digits):
     train(config.replace(epochs=1), digits, checkpoint_path=path, progress=False)
     _, resumed = train(config, digits, checkpoint_path=path, resume=True, progress=False)
     assert resumed["loss"] == straight["loss"]
+
+
+def test_validation_fraction_is_held_out_and_measured(digits):
+    config = tiny(epochs=2, val_fraction=0.2, noise="mask", noise_level=0.3, contractive_weight=0.1)
+    seen = []
+    model, history = train(config, digits, progress=False, callback=lambda epoch, step, out: seen.append(out))
+    # 60 of the 300 digits are held out: 240 train in batches of 32, 8 steps per epoch.
+    assert len(seen) == 2 * 8
+    for name in ("loss", "reconstruction", "contractive"):
+        assert len(history[f"val_{name}"]) == 2 and all(math.isfinite(v) for v in history[f"val_{name}"])
+    # The held-out loss is the model's eval-mode loss on those digits (no corruption).
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(config.seed))
+    held_out = digits[order[:60].sort().values]
+    with torch.no_grad():
+        expected = model(held_out).loss.item()
+    assert history["val_loss"][-1] == pytest.approx(expected, rel=1e-5)
+    # Without a fraction, the run is exactly what it was.
+    _, plain = train(tiny(epochs=1), digits, progress=False)
+    assert "val_loss" not in plain
+
+
+def test_validation_set_and_early_stopping_keep_the_best_checkpoint(tmp_path, digits):
+    # Uniform noise as the held-out set: a model that learns digits gets worse at it, so the
+    # held-out loss rises after the first epoch and patience 2 stops the run after epoch 3.
+    noise = torch.rand(50, digits.shape[1], generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "checkpoint.pt"
+    config = tiny(epochs=10, early_stopping=2)
+    _, history = train(config, digits, validation=noise, checkpoint_path=path, progress=False)
+    assert history["epoch"] == [1, 2, 3]
+    best = history["val_loss"].index(min(history["val_loss"])) + 1
+    assert best == 1
+    assert load_checkpoint(best_checkpoint_path(path)).epoch == best
+    assert load_checkpoint(path).epoch == 3
+    # Resuming a run that stopped early trains no further; a larger patience continues it.
+    _, again = train(config, digits, validation=noise, checkpoint_path=path, resume=True, progress=False)
+    assert again["epoch"] == [1, 2, 3]
+    _, longer = train(config.replace(early_stopping=3), digits, validation=noise, checkpoint_path=path, resume=True,
+                      progress=False)
+    assert longer["epoch"] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("val_fraction", [0.0, 0.25])
+def test_large_data_is_gathered_batch_by_batch_with_the_same_result(digits, monkeypatch, val_fraction):
+    # Above the size limit the examples stay where they are (a memory-mapped file is never
+    # copied whole) and each batch gathers its rows: the same batches, the same bits.
+    config = tiny(epochs=2, val_fraction=val_fraction, noise="mask", noise_level=0.2)
+    expected_model, expected = train(config, digits, progress=False)
+    monkeypatch.setattr(training, "_ON_DEVICE_BYTES", 0)
+    model, history = train(config, digits, progress=False)
+    assert history["loss"] == expected["loss"] and history.get("val_loss") == expected.get("val_loss")
+    for got, wanted in zip(model.parameters(), expected_model.parameters()):
+        assert torch.equal(got, wanted)
+
+
+def test_validation_errors(digits):
+    with pytest.raises(ValueError, match="early_stopping needs validation data"):
+        train(tiny(early_stopping=2), digits, progress=False)
+    with pytest.raises(ValueError, match="not both"):
+        train(tiny(val_fraction=0.1), digits, validation=digits[:5], progress=False)
+    with pytest.raises(ValueError, match="validation has 3 features"):
+        train(tiny(), digits, validation=digits[:5, :3], progress=False)
+    with pytest.raises(ValueError, match=r"validation in \[0, 1\]"):
+        train(tiny(), digits, validation=digits[:5] * 2, progress=False)
+    with pytest.raises(ValueError, match="leaves no validation examples"):
+        train(tiny(val_fraction=0.001), digits[:10], progress=False)
 
 
 def test_cuda_graph_needs_a_cuda_device(digits):
