@@ -1,5 +1,6 @@
 """One training step of a regularized sigmoid autoencoder: pyae against the peers a user would
-otherwise pick, measured side by side in one run (DESIGN.md, "Peers to measure against").
+otherwise pick, measured side by side in one run (docs/design.md, "Peers a benchmark compares
+against").
 
 Every peer computes the same thing from the same parameters: a 784-k-784 sigmoid autoencoder
 (untied weights, cross-entropy reconstruction from logits) with the contractive penalty and
@@ -13,7 +14,7 @@ the KL sparsity penalty, forward and backward. Peers:
     graph        eager's whole step incl. an SGD update in one hand-captured CUDA graph (CUDA)
     jacrev       the contractive penalty through vmap(jacrev(encoder))    (small batches)
     pyae         pyae.Autoencoder's step, eager
-    pyae_all     the same with every regularizer of goal 1 on: masking noise (q = 0.25) and
+    pyae_all     the same with every regularizer on: masking noise (q = 0.25) and
                  weight decay (1e-4) besides the two penalties (not the same loss as the others:
                  compare it with plain)
     pyae_compiled / pyae_compiled_ro   pyae's step under torch.compile

@@ -1,8 +1,7 @@
 """The training loop itself: ``pyae.training.train`` (what ``pyae train`` runs) per step,
 eager and with ``cuda_graph`` (each step one CUDA graph replay), on the embedded MNIST digits.
 
-Issue #6's goal 3 is about the loop, not only the step: this measures the whole of it
-(batch slicing from the device-resident data, the step, the running sums of every loss
+A training run is more than its steps: this measures the whole loop (batch slicing from the device-resident data, the step, the running sums of every loss
 term), as milliseconds per step from the epochs' wall-clock times. The first epochs warm up
 (and capture one graph per batch shape); the median is taken over the later ones.
 

@@ -1,4 +1,4 @@
-// The elementwise math of pyae's kernels (DESIGN.md), in one place for every backend. acc_t is
+// The elementwise math of pyae's kernels (docs/design.md), in one place for every backend. acc_t is
 // the accumulation type: float for float/half/bfloat16 inputs, double for double. The CUDA
 // kernels use all of it; the CPU kernels take their exp and log from vectorized paths instead
 // (ATen's sigmoid, see cpu/tiles.h, and cpu/decoder_kernels.cpp's log) and use the rest.
@@ -111,7 +111,8 @@ inline uint64_t mask_noise_threshold(double q) {
 // derivative. rho_hat is clamped into [eps, 1 - eps], eps the machine epsilon of the
 // input's dtype (both bounds are exact in every floating dtype), so saturated units give a
 // large but finite penalty; the derivative is the slope on the closed interval and 0
-// outside it (a unit stuck at exactly 0 or 1 gets no push from this term), and NaN stays NaN.
+// outside it (a unit stuck at exactly 0 or 1 gets no push from this term); a NaN rho_hat gives a
+// NaN penalty (so a NaN loss) and a 0 slope.
 template <typename acc_t>
 struct KlSparsity {
   acc_t target, log_target, log1m_target, low, high;

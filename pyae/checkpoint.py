@@ -195,37 +195,10 @@ def load_checkpoint(path: PathLike, map_location=None) -> Checkpoint:
             f"{_short_reason(err)}"
         ) from err
 
-    def invalid(reason: str) -> ValueError:
-        return ValueError(f"{path!r} is not a valid pyae checkpoint: {reason}")
-
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise invalid(f"it has no 'format': {CHECKPOINT_FORMAT!r} marker (another kind of file?)")
-    for key, kind in _REQUIRED_KEYS.items():
-        if key not in data:
-            raise invalid(f"missing key {key!r}")
-        if not isinstance(data[key], kind) or (kind is int and isinstance(data[key], bool)):
-            raise invalid(f"{key!r} should be a {kind.__name__}, got {type(data[key]).__name__}")
-    if data["version"] > CHECKPOINT_VERSION or data["version"] < 1:
-        raise invalid(
-            f"format version {data['version']} is not supported by this pyae (reads 1..{CHECKPOINT_VERSION})"
-        )
-    if data["epoch"] < 0:
-        raise invalid(f"negative epoch {data['epoch']}")
     try:
-        config = TrainConfig.from_dict(data["config"])
-    except (TypeError, ValueError) as err:
-        raise invalid(f"bad config: {err}") from err
-    for name, value in data["model"].items():
-        if not isinstance(value, Tensor):
-            raise invalid(f"model state entry {name!r} is not a tensor")
-    expected_weight = (config.n_hidden, data["n_inputs"])
-    weight = data["model"].get("encoder.weight")
-    if weight is None or tuple(weight.shape) != expected_weight:
-        raise invalid(f"model state has no encoder.weight of shape {expected_weight}")
-    for name in ("shuffle", "noise"):
-        state = data["rng_state"].get(name)
-        if not isinstance(state, Tensor) or state.dtype != torch.uint8:
-            raise invalid(f"rng_state[{name!r}] is missing or not a uint8 tensor")
+        config = _validated_config(data)
+    except ValueError as err:
+        raise ValueError(f"{path!r} is not a valid pyae checkpoint: {err}") from err
     return Checkpoint(
         path=path,
         version=data["version"],
@@ -238,6 +211,40 @@ def load_checkpoint(path: PathLike, map_location=None) -> Checkpoint:
         extra=data["extra"],
         n_inputs=data["n_inputs"],
     )
+
+
+def _validated_config(data) -> TrainConfig:
+    """The config of a loaded checkpoint payload, after checking the payload's layout; a
+    ValueError says what is wrong."""
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"it has no 'format': {CHECKPOINT_FORMAT!r} marker (another kind of file?)")
+    for key, kind in _REQUIRED_KEYS.items():
+        if key not in data:
+            raise ValueError(f"missing key {key!r}")
+        if not isinstance(data[key], kind) or (kind is int and isinstance(data[key], bool)):
+            raise ValueError(f"{key!r} should be a {kind.__name__}, got {type(data[key]).__name__}")
+    if data["version"] > CHECKPOINT_VERSION or data["version"] < 1:
+        raise ValueError(
+            f"format version {data['version']} is not supported by this pyae (reads 1..{CHECKPOINT_VERSION})"
+        )
+    if data["epoch"] < 0:
+        raise ValueError(f"negative epoch {data['epoch']}")
+    try:
+        config = TrainConfig.from_dict(data["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"bad config: {err}") from err
+    for name, value in data["model"].items():
+        if not isinstance(value, Tensor):
+            raise ValueError(f"model state entry {name!r} is not a tensor")
+    expected_weight = (config.n_hidden, data["n_inputs"])
+    weight = data["model"].get("encoder.weight")
+    if weight is None or tuple(weight.shape) != expected_weight:
+        raise ValueError(f"model state has no encoder.weight of shape {expected_weight}")
+    for name in ("shuffle", "noise"):
+        state = data["rng_state"].get(name)
+        if not isinstance(state, Tensor) or state.dtype != torch.uint8:
+            raise ValueError(f"rng_state[{name!r}] is missing or not a uint8 tensor")
+    return config
 
 
 def model_from_checkpoint(checkpoint: Union[Checkpoint, PathLike], *, device=None) -> Autoencoder:

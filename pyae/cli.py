@@ -136,12 +136,11 @@ def _shared_options() -> argparse.ArgumentParser:
 
 
 def _add_train_parser(commands, shared: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig()
     train_parser = commands.add_parser(
         "train",
         parents=[shared],
         allow_abbrev=False,
-        help="train an autoencoder on MNIST, checkpointing every epoch",
+        help="train an autoencoder on MNIST or your own data, checkpointing every epoch",
         description=(
             "Train an autoencoder on MNIST (the embedded 5,000 training digits unless --data is "
             f"given). DIR/{CHECKPOINT_NAME} is written atomically after every epoch; Ctrl-C keeps the "
@@ -150,60 +149,73 @@ def _add_train_parser(commands, shared: argparse.ArgumentParser) -> None:
         ),
     )
     resume = train_parser.add_argument("--resume", action="store_true")
-    data = train_parser.add_argument_group("data")
-    data.add_argument("--data-key", metavar="NAME", default=argparse.SUPPRESS,
-                      help="the array to read from a .npz or .pt file holding several")
-    data.add_argument("--scale", choices=("minmax", "minmax-global"), default=argparse.SUPPRESS,
-                      help="rescale the inputs into [0, 1] (cross-entropy needs it): min-max per feature, or over the "
-                           "whole array; taken from the training examples, applied to --val and by 'pyae encode'")
-    data.add_argument("--limit", type=_positive_int, default=argparse.SUPPRESS, metavar="N",
-                      help="train on a random subset of N examples (drawn with --seed)")
-    # Every option below sets the TrainConfig field named by its dest; default=SUPPRESS, the
-    # defaults come from TrainConfig.
-    model = train_parser.add_argument_group("model (pyae.Autoencoder keywords)")
-    option = lambda group, *names, **kw: group.add_argument(*names, default=argparse.SUPPRESS, **kw)  # noqa: E731
-    option(model, "--hidden", dest="n_hidden", type=_positive_int, metavar="K",
-           help=f"hidden units (default {defaults.n_hidden})")
-    option(model, "--tied-weights", action=argparse.BooleanOptionalAction,
-           help="decode with the encoder's transposed weight (default off)")
-    option(model, "--decoder-activation", choices=DECODER_ACTIVATIONS,
-           help=f"decoder activation (default {defaults.decoder_activation})")
-    option(model, "--loss", choices=RECONSTRUCTION_LOSSES, help=f"reconstruction loss (default {defaults.loss})")
-    option(model, "--weight-decay", type=_finite_float, metavar="LAMBDA",
-           help="weight decay lambda on the weight matrices (default 0)")
-    option(model, "--noise", type=_noise, metavar="{none,mask,gaussian}",
-           help="denoising corruption of the input (default none)")
-    option(model, "--noise-level", type=_finite_float, metavar="LEVEL",
-           help="masking probability q, or the Gaussian noise's standard deviation (default 0)")
-    option(model, "--sparsity-target", type=_finite_float, metavar="RHO",
-           help="target mean activation rho in (0, 1): enables the KL sparsity term")
-    option(model, "--sparsity-weight", type=_finite_float, metavar="BETA",
-           help="weight beta of the KL sparsity term (default 0)")
-    option(model, "--contractive-weight", type=_finite_float, metavar="LAMBDA",
-           help="weight of the contractive penalty (default 0)")
-    optim = train_parser.add_argument_group("optimization")
-    option(optim, "--epochs", type=_positive_int, help=f"passes over the data (default {defaults.epochs})")
-    option(optim, "--batch-size", type=_positive_int, help=f"examples per step (default {defaults.batch_size})")
-    option(optim, "--lr", type=_finite_float, help=f"learning rate (default {defaults.lr:g})")
-    option(optim, "--optimizer", choices=OPTIMIZERS, help=f"optimizer (default {defaults.optimizer})")
-    option(optim, "--momentum", type=_finite_float, help=f"SGD momentum in [0, 1) (default {defaults.momentum:g})")
-    option(optim, "--dtype", choices=tuple(DTYPES), help=f"parameter and data dtype (default {defaults.dtype})")
-    option(optim, "--mixed-precision", choices=MIXED_PRECISION,
-           help="train under torch.autocast in this dtype (float32 parameters and loss; float16 adds a "
-                "gradient scaler); default off")
+    defaults = TrainConfig()
+    _add_data_options(train_parser.add_argument_group("data"))
+    # The options below set the TrainConfig field named by their dest; their defaults are
+    # TrainConfig's.
+    _add_model_options(train_parser.add_argument_group("model (pyae.Autoencoder keywords)"), defaults)
+    _add_optimization_options(train_parser.add_argument_group("optimization"), defaults)
     held_out = train_parser.add_argument_group("held-out monitoring")
     held_out.add_argument("--val", metavar="PATH", default=argparse.SUPPRESS,
                           help="validation examples (a file or MNIST directory as for --data), measured every epoch")
-    option(held_out, "--val-fraction", type=_finite_float, metavar="F",
-           help="hold out this fraction of the training examples for validation instead (default 0)")
-    option(held_out, "--early-stopping", type=_positive_int, metavar="EPOCHS",
-           help="stop when the validation loss has not improved for this many epochs; "
-                "the best epoch's checkpoint is kept as checkpoint.best.pt")
-    option(optim, "--cuda-graph", action=argparse.BooleanOptionalAction,
-           help="run each step as one CUDA graph replay (CUDA only, one process; default off)")
+    _option(held_out, "--val-fraction", type=_finite_float, metavar="F",
+            help="hold out this fraction of the training examples for validation instead (default 0)")
+    _option(held_out, "--early-stopping", type=_positive_int, metavar="EPOCHS",
+            help="stop when the validation loss has not improved for this many epochs; "
+                 "the best epoch's checkpoint is kept as checkpoint.best.pt")
     resumable = ", ".join(_option_of(train_parser, field) for field in RESUMABLE_FIELDS)
     resume.help = f"continue the run in DIR/{CHECKPOINT_NAME}; only {resumable} may change"
     train_parser.set_defaults(handler=_cmd_train, parser=train_parser)
+
+
+def _option(group, *names, **kwargs) -> None:
+    """An option left out of the namespace when not given (default=SUPPRESS)."""
+    group.add_argument(*names, default=argparse.SUPPRESS, **kwargs)
+
+
+def _add_data_options(group) -> None:
+    _option(group, "--data-key", metavar="NAME", help="the array to read from a .npz or .pt file holding several")
+    _option(group, "--scale", choices=("minmax", "minmax-global"),
+            help="rescale the inputs into [0, 1] (cross-entropy needs it): min-max per feature, or over the whole "
+                 "array; taken from the training examples, applied to --val and by 'pyae encode'")
+    _option(group, "--limit", type=_positive_int, metavar="N",
+            help="train on a random subset of N examples (drawn with --seed)")
+
+
+def _add_model_options(group, defaults: TrainConfig) -> None:
+    _option(group, "--hidden", dest="n_hidden", type=_positive_int, metavar="K",
+            help=f"hidden units (default {defaults.n_hidden})")
+    _option(group, "--tied-weights", action=argparse.BooleanOptionalAction,
+            help="decode with the encoder's transposed weight (default off)")
+    _option(group, "--decoder-activation", choices=DECODER_ACTIVATIONS,
+            help=f"decoder activation (default {defaults.decoder_activation})")
+    _option(group, "--loss", choices=RECONSTRUCTION_LOSSES, help=f"reconstruction loss (default {defaults.loss})")
+    _option(group, "--weight-decay", type=_finite_float, metavar="LAMBDA",
+            help="weight decay lambda on the weight matrices (default 0)")
+    _option(group, "--noise", type=_noise, metavar="{none,mask,gaussian}",
+            help="denoising corruption of the input (default none)")
+    _option(group, "--noise-level", type=_finite_float, metavar="LEVEL",
+            help="masking probability q, or the Gaussian noise's standard deviation (default 0)")
+    _option(group, "--sparsity-target", type=_finite_float, metavar="RHO",
+            help="target mean activation rho in (0, 1): enables the KL sparsity term")
+    _option(group, "--sparsity-weight", type=_finite_float, metavar="BETA",
+            help="weight beta of the KL sparsity term (default 0)")
+    _option(group, "--contractive-weight", type=_finite_float, metavar="LAMBDA",
+            help="weight of the contractive penalty (default 0)")
+
+
+def _add_optimization_options(group, defaults: TrainConfig) -> None:
+    _option(group, "--epochs", type=_positive_int, help=f"passes over the data (default {defaults.epochs})")
+    _option(group, "--batch-size", type=_positive_int, help=f"examples per step (default {defaults.batch_size})")
+    _option(group, "--lr", type=_finite_float, help=f"learning rate (default {defaults.lr:g})")
+    _option(group, "--optimizer", choices=OPTIMIZERS, help=f"optimizer (default {defaults.optimizer})")
+    _option(group, "--momentum", type=_finite_float, help=f"SGD momentum in [0, 1) (default {defaults.momentum:g})")
+    _option(group, "--dtype", choices=tuple(DTYPES), help=f"parameter and data dtype (default {defaults.dtype})")
+    _option(group, "--mixed-precision", choices=MIXED_PRECISION,
+            help="train under torch.autocast in this dtype (float32 parameters and loss; float16 adds a "
+                 "gradient scaler); default off")
+    _option(group, "--cuda-graph", action=argparse.BooleanOptionalAction,
+            help="run each step as one CUDA graph replay (CUDA only, one process; default off)")
 
 
 def _add_filters_parser(commands) -> None:

@@ -1,11 +1,13 @@
 """The lecture's comparison: which autoencoder learns the most useful features of MNIST?
 
-For each model, an autoencoder is trained on the 5,000 embedded training digits, both
-splits are encoded (the clean input, no noise), and a multinomial logistic regression is
-fitted on the hidden representation of the training split and scored on the 10,000 test
-digits. Raw pixels are the baseline. :func:`run_experiment` writes ``results.json``,
-``report.md`` and the pictures (filters, reconstructions of corrupted digits, the KL
-penalty) into one directory; ``pyae experiment`` is its command-line face.
+Each model is a scikit-learn pipeline (:func:`build_pipeline`): a
+:class:`pyae.sklearn.AutoencoderTransformer` (the ``"features"`` step) trained on the 5,000
+embedded training digits, whose hidden representation of the clean input (no noise) feeds a
+multinomial logistic regression (the ``"classifier"`` step), fitted on the training split and
+scored on the 10,000 test digits. Raw pixels are the baseline (the classifier alone).
+:func:`run_experiment` writes ``results.json``, ``report.md`` and the pictures (filters,
+reconstructions of corrupted digits, the KL penalty) into one directory; ``pyae experiment``
+is its command-line face.
 
 It needs the optional dependencies: ``pip install 'pyae[experiment]'`` (matplotlib,
 scikit-learn, tqdm).
@@ -22,8 +24,9 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,11 +34,13 @@ import pyae
 from pyae import functional as PF
 from pyae._atomic import atomic_write
 from pyae._typing import PathLike
-from pyae.config import TrainConfig, resolve_device
+from pyae.config import resolve_device
 from pyae.data import load_mnist, random_subset
-from pyae.training import train
 
-__all__ = ["DEFAULT_SETTINGS", "QUICK_SETTINGS", "MODELS", "run_experiment", "format_table"]
+if TYPE_CHECKING:  # scikit-learn is optional (the experiment extra)
+    from sklearn.pipeline import Pipeline
+
+__all__ = ["DEFAULT_SETTINGS", "QUICK_SETTINGS", "MODELS", "build_pipeline", "run_experiment", "format_table"]
 
 #: The settings of the default run, tuned to reach >= 95% test accuracy within 15 minutes
 #: on a 2-core CPU (see the report). Every autoencoder shares them and starts from the same
@@ -125,34 +130,85 @@ def _encode_statistics(model: "pyae.Autoencoder", images: Tensor, chunk: int = 4
     return torch.cat(hidden), float(jacobian_sum / n), (activation_sum / n).cpu()
 
 
-def _fit_classifier(train_x, train_y, test_x, test_y, settings: Mapping[str, Any], seed: int) -> Dict[str, Any]:
-    from sklearn.exceptions import ConvergenceWarning
+def build_pipeline(model: str, settings: Mapping[str, Any] = DEFAULT_SETTINGS, *, seed: int = 0,
+                   device: str = "cpu", progress: bool = False) -> "Pipeline":
+    """The scikit-learn pipeline of one row of the comparison, unfitted.
+
+    Its steps: ``"features"``, a :class:`pyae.sklearn.AutoencoderTransformer` with the shared
+    ``settings`` and the options of ``model`` in :data:`MODELS` (``random_state=seed``, so it
+    trains exactly like :func:`pyae.training.train` with ``seed=seed``); ``"scaler"``, a
+    ``StandardScaler``, only when ``settings["classifier"]["standardize"]``; and
+    ``"classifier"``, the logistic regression of ``settings["classifier"]`` (lbfgs, the default
+    multinomial loss for 10 classes; ``random_state=seed`` matters only for solvers that
+    shuffle, but fixes the run completely). ``model="raw"`` has no ``"features"`` step: the
+    classifier on the pixels.
+
+    ``pipeline.fit(images, labels)`` trains it (``images``: ``(N, 784)`` float32 in [0, 1], a
+    numpy array); :func:`run_experiment` fits the same steps one after the other, the
+    classifier on one thread.
+
+    Args:
+        model: ``"raw"`` or a key of :data:`MODELS`.
+        settings: :data:`DEFAULT_SETTINGS`, :data:`QUICK_SETTINGS` or alike (the keys they have).
+        seed: the autoencoder's ``random_state`` and the classifier's.
+        device: where the autoencoder trains and encodes (``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+            ``"auto"``); the data stay numpy arrays.
+        progress: show the autoencoder's training progress.
+    """
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
+
+    if model != "raw" and model not in MODELS:
+        raise ValueError(f"model must be 'raw' or one of {list(MODELS)}, got {model!r}")
+    steps = []
+    if model != "raw":
+        from pyae.sklearn import AutoencoderTransformer
+
+        shared = {k: settings[k] for k in ("n_hidden", "loss", "tied_weights", "epochs", "batch_size",
+                                           "optimizer", "lr", "momentum")}
+        # The settings' "decoder" (a results.json key) is TrainConfig's decoder_activation.
+        steps.append(("features", AutoencoderTransformer(
+            **shared, decoder_activation=settings["decoder"], **MODELS[model], random_state=seed,
+            device=str(device), progress=progress)))
+    classifier = settings["classifier"]
+    if classifier.get("standardize"):
+        steps.append(("scaler", StandardScaler()))
+    steps.append(("classifier", LogisticRegression(C=classifier["C"], max_iter=classifier["max_iter"],
+                                                   random_state=seed)))
+    return Pipeline(steps)
+
+
+def _fit_and_score(pipeline: "Pipeline", train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                   test_y: np.ndarray) -> Dict[str, Any]:
+    """Fit ``pipeline`` (from :func:`build_pipeline`) on the training split, score it on both,
+    and report on the classifier's fit.
+
+    The steps are fitted one after the other, as ``pipeline.fit`` would: the ``"features"``
+    step (the autoencoder) with torch's threads or on its device, then the rest (the scaler
+    and the classifier) on the features with one BLAS/OpenMP thread. scikit-learn's OpenMP
+    runtime and torch's (two libgomp copies in one process) oversubscribe the cores
+    otherwise, which made the classifier's fit 10-20x slower on a 2-core machine; at these
+    sizes one thread is fast anyway. The autoencoder must not train under that limit.
+    """
+    from sklearn.exceptions import ConvergenceWarning
     from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
-    train_x = train_x.numpy() if isinstance(train_x, Tensor) else train_x
-    test_x = test_x.numpy() if isinstance(test_x, Tensor) else test_x
-    train_y, test_y = train_y.numpy(), test_y.numpy()
-    if settings.get("standardize"):
-        scaler = StandardScaler().fit(train_x)
-        train_x, test_x = scaler.transform(train_x), scaler.transform(test_x)
-    # lbfgs with the default (multinomial) loss for 10 classes; the seed only matters for
-    # solvers that shuffle, but fixes the run completely.
-    classifier = LogisticRegression(C=settings["C"], max_iter=settings["max_iter"], random_state=seed)
+    features, rest = train_x, pipeline
+    if "features" in pipeline.named_steps:
+        features = pipeline.named_steps["features"].fit_transform(train_x)
+        rest = pipeline[1:]  # the same step objects: fitting it fits them in the pipeline
     started = time.perf_counter()
-    # One BLAS/OpenMP thread: scikit-learn's OpenMP runtime and torch's (two libgomp copies
-    # in one process) oversubscribe the cores otherwise, which made this fit 10-20x slower
-    # on a 2-core machine; at these sizes one thread is fast anyway.
     with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=1):
         warnings.simplefilter("always", ConvergenceWarning)
-        classifier.fit(train_x, train_y)
+        rest.fit(features, train_y)
+    seconds = time.perf_counter() - started
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     return {
-        "test_accuracy": float(classifier.score(test_x, test_y)),
-        "train_accuracy": float(classifier.score(train_x, train_y)),
-        "classifier_seconds": time.perf_counter() - started,
-        "classifier_iterations": int(max(classifier.n_iter_)),
+        "test_accuracy": float(pipeline.score(test_x, test_y)),
+        "train_accuracy": float(pipeline.score(train_x, train_y)),
+        "classifier_seconds": seconds,
+        "classifier_iterations": int(max(pipeline.named_steps["classifier"].n_iter_)),
         "classifier_converged": converged,
     }
 
@@ -253,12 +309,13 @@ class _Setup:
     seed: int
     device: torch.device
     progress: bool
-    train_x: Tensor  # on the CPU, for the classifier
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
-    train_on_device: Tensor  # the same images on the autoencoders' device
-    test_on_device: Tensor
+    # The splits as numpy arrays (float32 images, int64 labels) on the CPU: what the pipelines
+    # fit and score on (the autoencoder step moves the images to its device itself).
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    test_on_device: Tensor  # the test images on the autoencoders' device: statistics and pictures
 
 
 class _Trained(NamedTuple):
@@ -282,8 +339,8 @@ def _run(out_dir, *, quick, device, data_root, seed, progress) -> Dict[str, Any]
 
     histories: Dict[str, List[float]] = {}
     sparse_activation = None
-    for index, (name, options) in enumerate(MODELS.items(), start=2):
-        trained = _train_and_evaluate(setup, name, options, step=f"[{index}/{total}]")
+    for index, name in enumerate(MODELS, start=2):
+        trained = _train_and_evaluate(setup, name, step=f"[{index}/{total}]")
         models[name] = trained.entry
         histories[name] = trained.reconstruction
         if trained.sparsity is not None:
@@ -313,8 +370,8 @@ def _prepare(out_dir, *, quick, device, data_root, seed, progress) -> _Setup:
     train_x, train_y = random_subset(settings["train_examples"], train_x, train_y, generator=generator)
     test_x, test_y = random_subset(settings["test_examples"], test_x, test_y, generator=generator)
     return _Setup(out=out, settings=settings, seed=seed, device=torch_device, progress=progress,
-                  train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                  train_on_device=train_x.to(torch_device), test_on_device=test_x.to(torch_device))
+                  train_x=train_x.numpy(), train_y=train_y.numpy(), test_x=test_x.numpy(), test_y=test_y.numpy(),
+                  test_on_device=test_x.to(torch_device))
 
 
 def _new_record(setup: _Setup, *, quick: bool, data_root: Optional[PathLike]) -> Dict[str, Any]:
@@ -340,9 +397,9 @@ def _new_record(setup: _Setup, *, quick: bool, data_root: Optional[PathLike]) ->
 
 def _evaluate_raw_pixels(setup: _Setup) -> Dict[str, Any]:
     """The baseline: the classifier on the pixels themselves."""
+    pipeline = build_pipeline("raw", setup.settings, seed=setup.seed)
     return {
-        **_fit_classifier(setup.train_x, setup.train_y, setup.test_x, setup.test_y,
-                          setup.settings["classifier"], setup.seed),
+        **_fit_and_score(pipeline, setup.train_x, setup.train_y, setup.test_x, setup.test_y),
         "mean_squared_jacobian_norm": None,
         "mean_activation": None,
         "train_seconds": 0.0,
@@ -350,27 +407,25 @@ def _evaluate_raw_pixels(setup: _Setup) -> Dict[str, Any]:
     }
 
 
-def _train_and_evaluate(setup: _Setup, name: str, options: Mapping[str, Any], *, step: str) -> _Trained:
-    """Train the autoencoder ``name`` (the shared settings plus ``options``), fit the classifier
-    on its hidden representation, and save its filters (and, for a denoising model, its
-    reconstructions of corrupted test digits)."""
+def _train_and_evaluate(setup: _Setup, name: str, *, step: str) -> _Trained:
+    """Fit the pipeline of the autoencoder ``name`` (:func:`build_pipeline`: the shared
+    settings plus its options, then the classifier on its hidden representation), score it,
+    and save its filters (and, for a denoising model, its reconstructions of corrupted test
+    digits)."""
     from pyae import viz
 
-    shared = {k: setup.settings[k] for k in ("n_hidden", "loss", "tied_weights", "epochs", "batch_size",
-                                             "optimizer", "lr", "momentum")}
-    # The settings' "decoder" (a results.json key) is TrainConfig's decoder_activation.
-    config = TrainConfig(**shared, decoder_activation=setup.settings["decoder"], **options, seed=setup.seed,
-                         device=str(setup.device))
-    _log(setup.progress, f"{step} {name}: {config.n_hidden} hidden units, {config.epochs} epochs on {setup.device}")
-    model, history = train(config, setup.train_on_device, progress=setup.progress)
+    pipeline = build_pipeline(name, setup.settings, seed=setup.seed, device=str(setup.device),
+                              progress=setup.progress)
+    features = pipeline.named_steps["features"]
+    _log(setup.progress, f"{step} {name}: {features.n_hidden} hidden units, {features.epochs} epochs on {setup.device}")
+    scores = _fit_and_score(pipeline, setup.train_x, setup.train_y, setup.test_x, setup.test_y)
+    model, history, config = features.model_, features.history_, features.config_
     train_seconds = float(sum(history["seconds"]))
 
-    train_hidden, _, _ = _encode_statistics(model, setup.train_on_device)
-    test_hidden, jacobian, activation = _encode_statistics(model, setup.test_on_device)
+    _, jacobian, activation = _encode_statistics(model, setup.test_on_device)
     filters = model.filters()
     entry = {
-        **_fit_classifier(train_hidden, setup.train_y, test_hidden, setup.test_y, setup.settings["classifier"],
-                          setup.seed),
+        **scores,
         "mean_squared_jacobian_norm": jacobian,
         "mean_activation": float(activation.mean()),
         "train_seconds": train_seconds,

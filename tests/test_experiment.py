@@ -2,16 +2,26 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.pipeline import Pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+from pyae.config import TrainConfig  # noqa: E402
 from pyae.data import load_mnist  # noqa: E402
 import pyae  # noqa: E402
 import reference  # noqa: E402
-from pyae.experiment import MODELS, QUICK_SETTINGS, _encode_statistics, _prepare, format_table, run_experiment  # noqa: E402,E501
+from pyae.experiment import (  # noqa: E402
+    MODELS, QUICK_SETTINGS, _encode_statistics, _fit_and_score, _prepare, build_pipeline, format_table, run_experiment,
+)
+from pyae.sklearn import AutoencoderTransformer  # noqa: E402
+from pyae.training import train  # noqa: E402
 
 AUTOENCODERS = list(MODELS)
 NAMES = ["raw", *AUTOENCODERS]
@@ -112,5 +122,47 @@ def test_quick_subsets_are_the_seeds_draws(tmp_path):
         images, labels = load_mnist(None, split)
         keep = torch.randperm(images.shape[0], generator=generator)[:QUICK_SETTINGS[f"{split}_examples"]]
         keep = keep.sort().values
-        assert torch.equal(x, images[keep]) and torch.equal(y, labels[keep])
-    assert torch.equal(setup.train_on_device, setup.train_x) and (tmp_path / "out").is_dir()
+        # numpy arrays, what the pipelines take
+        assert isinstance(x, np.ndarray) and x.dtype == np.float32 and isinstance(y, np.ndarray)
+        assert np.array_equal(x, images[keep].numpy()) and np.array_equal(y, labels[keep].numpy())
+    assert np.array_equal(setup.test_on_device.numpy(), setup.test_x) and (tmp_path / "out").is_dir()
+
+
+def test_each_row_is_an_autoencoder_transformer_pipeline():
+    # The features step of a row is pyae.sklearn.AutoencoderTransformer in a Pipeline with the
+    # classifier; fitted as the experiment fits it on a few hundred digits, it classifies well
+    # above chance and its model is the one pyae.training.train makes of the same config,
+    # bitwise (on the CPU).
+    settings = QUICK_SETTINGS  # 100 units, 5 epochs
+    name = "denoising_mask_0.25"
+    pipeline = build_pipeline(name, settings, seed=3)
+    assert isinstance(pipeline, Pipeline) and list(pipeline.named_steps) == ["features", "classifier"]
+    features, classifier = pipeline.named_steps["features"], pipeline.named_steps["classifier"]
+    assert isinstance(features, AutoencoderTransformer) and isinstance(classifier, LogisticRegression)
+    assert (classifier.C, classifier.max_iter, classifier.random_state) == (1.0, 200, 3)
+
+    images, labels = load_mnist()  # sorted by class: draw digits of every class
+    keep = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:600]
+    x, y = images[keep].numpy(), labels[keep].numpy()
+    scores = _fit_and_score(pipeline, x[:400], y[:400], x[400:], y[400:])
+    assert scores["test_accuracy"] > 0.5  # chance: 0.1
+    assert scores["test_accuracy"] == pipeline.score(x[400:], y[400:])
+
+    shared = {k: settings[k] for k in ("n_hidden", "loss", "tied_weights", "epochs", "batch_size", "optimizer",
+                                       "lr", "momentum")}
+    config = TrainConfig(**shared, decoder_activation=settings["decoder"], **MODELS[name], seed=3, device="cpu")
+    assert features.config_ == config
+    model, history = train(config, torch.from_numpy(x[:400]), progress=False)
+    assert features.history_["loss"] == history["loss"]
+    test = torch.from_numpy(x[400:])
+    with torch.no_grad():
+        assert torch.equal(features.model_.encode(test), model.encode(test))
+    assert np.array_equal(features.transform(x[400:]), model.encode(test).detach().numpy())
+
+    # The options: a scaler step when the settings standardize; the raw pixels have no features.
+    standardized = {**settings, "classifier": {**settings["classifier"], "standardize": True}}
+    steps = build_pipeline("sparse", standardized, seed=0).named_steps
+    assert list(steps) == ["features", "scaler", "classifier"] and isinstance(steps["scaler"], StandardScaler)
+    assert list(build_pipeline("raw", settings).named_steps) == ["classifier"]
+    with pytest.raises(ValueError, match="model must be"):
+        build_pipeline("nonsense", settings)

@@ -30,7 +30,7 @@ ALL_TERMS = dict(loss="cross_entropy", weight_decay=0.01, sparsity_target=0.2, s
 
 
 def hand_written(model, encoder_input, x):
-    """(loss, terms, hidden, logits) of an ALL_TERMS model written with torch ops from DESIGN.md,
+    """(loss, terms, hidden, logits) of an ALL_TERMS model written with torch ops from docs/design.md,
     encoding encoder_input and reconstructing x."""
     W, b = model.encoder.weight, model.encoder.bias
     h, rho_hat, contractive = reference.sigmoid_encoder(encoder_input, W, b)
