@@ -4,7 +4,8 @@ against").
 
 Every peer computes the same thing from the same parameters: a 784-k-784 sigmoid autoencoder
 (untied weights, cross-entropy reconstruction from logits) with the contractive penalty and
-the KL sparsity penalty, forward and backward. Peers:
+the KL sparsity penalty, forward and backward (with --whole-step also the optimizer's update:
+SGD with momentum, fused where torch has it, the same for every peer). Peers:
 
     gemm         the step's five matrix products alone: the floor
     plain        the same autoencoder without any regularizer, eager
@@ -111,12 +112,29 @@ def parameters_of(model):
     return [model.encoder.weight, model.encoder.bias, model.decoder.weight, model.decoder.bias]
 
 
-def loss_step(loss_fn, x, params):
+def make_optimizer(params):
+    """The whole step's update: SGD with momentum in torch's fastest implementation for the
+    device (fused where torch has it, else foreach), the same for every peer."""
+    try:
+        return torch.optim.SGD(params, lr=LEARNING_RATE, momentum=0.9, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.SGD(params, lr=LEARNING_RATE, momentum=0.9, foreach=True)
+
+
+def with_update(backward, params, optimizer):
+    """A step: zero the gradients, run backward() (forward and backward), and with an
+    optimizer, its update."""
     def step():
         for p in params:
             p.grad = None
-        loss_fn(x, *params).backward()
+        backward()
+        if optimizer is not None:
+            optimizer.step()
     return step
+
+
+def loss_step(loss_fn, x, params, optimizer=None):
+    return with_update(lambda: loss_fn(x, *params).backward(), params, optimizer)
 
 
 def gemm_step(x, params):
@@ -158,19 +176,13 @@ def graph_step(loss_fn, x, params):
     return graph.replay
 
 
-def pyae_step(model, x):
-    params = list(model.parameters())
-
-    def step():
-        for p in params:
-            p.grad = None
-        model(x).loss.backward()
-    return step
+def pyae_step(model, x, optimizer=None):
+    return with_update(lambda: model(x).loss.backward(), list(model.parameters()), optimizer)
 
 
-def compiled_module_step(model, x, mode):
+def compiled_module_step(model, x, mode, optimizer=None):
     compiled = torch.compile(model, mode=mode, fullgraph=True)
-    return pyae_step(compiled, x)
+    return pyae_step(compiled, x, optimizer)
 
 
 def pyae_graph_step(model, x):
@@ -247,25 +259,29 @@ PEERS = ["gemm", "plain", "eager", "compiled", "compiled_ro", "graph", "jacrev",
 CUDA_ONLY = {"compiled_ro", "graph", "pyae_compiled_ro", "pyae_graph"}
 
 
-def build(peer, model, x):
+def build(peer, model, x, whole_step=False):
+    """The peer's step; with whole_step, each includes the optimizer's update (SGD with
+    momentum, make_optimizer), as the graph peers always do."""
     params = parameters_of(model)
+    optimizer = make_optimizer(params) if whole_step else None
     if peer == "gemm":
         return gemm_step(x, params)
     if peer == "plain":
-        return loss_step(plain_loss, x, params)
+        return loss_step(plain_loss, x, params, optimizer)
     if peer == "eager":
-        return loss_step(eager_loss, x, params)
+        return loss_step(eager_loss, x, params, optimizer)
     if peer == "jacrev":
-        return loss_step(jacrev_loss, x, params)
+        return loss_step(jacrev_loss, x, params, optimizer)
     if peer in ("compiled", "compiled_ro"):
         mode = "reduce-overhead" if peer == "compiled_ro" else None
-        return loss_step(torch.compile(distinct_copy(eager_loss, peer), mode=mode, fullgraph=True), x, params)
+        compiled = torch.compile(distinct_copy(eager_loss, peer), mode=mode, fullgraph=True)
+        return loss_step(compiled, x, params, optimizer)
     if peer == "graph":
         return graph_step(eager_loss, x, params)
     if peer in ("pyae", "pyae_all"):
-        return pyae_step(model, x)
+        return pyae_step(model, x, optimizer)
     if peer in ("pyae_compiled", "pyae_compiled_ro"):
-        return compiled_module_step(model, x, "reduce-overhead" if peer.endswith("_ro") else None)
+        return compiled_module_step(model, x, "reduce-overhead" if peer.endswith("_ro") else None, optimizer)
     if peer == "pyae_graph":
         return pyae_graph_step(model, x)
     raise ValueError(peer)
@@ -289,7 +305,7 @@ def run(args):
                     continue
                 models[peer] = make_model(n, k, device, dtype, **(ALL_REGULARIZERS if peer == "pyae_all" else {}))
                 try:
-                    steps[peer] = build(peer, models[peer], x)
+                    steps[peer] = build(peer, models[peer], x, args.whole_step)
                     steps[peer]()  # compiles, captures, fails here rather than mid-measurement
                 except Exception as error:  # a peer that cannot run here is reported, not fatal
                     results[peer] = dict(error=f"{type(error).__name__}: {error}".splitlines()[0][:160])
@@ -346,6 +362,8 @@ def main(argv=None):
     parser.add_argument("--jacrev-limit", type=int, default=256 * 784 * 1000, help="skip jacrev above B*n*k")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     parser.add_argument("--json", default=None, help="write the raw results here")
+    parser.add_argument("--whole-step", action="store_true",
+                        help="include the optimizer's update (SGD with momentum, fused or foreach) in every step")
     args = parser.parse_args(argv)
     on_cuda = args.device.startswith("cuda")
     if args.sizes is None:
@@ -359,9 +377,10 @@ def main(argv=None):
     device_name = torch.cuda.get_device_name() if on_cuda else f"CPU ({platform.processor() or platform.machine()}, " \
                                                                f"{torch.get_num_threads()} threads)"
     rows = run(args)
-    print(markdown(rows, device_name))
+    step = "forward + backward + SGD-with-momentum update" if args.whole_step else "forward + backward"
+    print(markdown(rows, f"{device_name}; each step: {step}"))
     if args.json:
-        meta = dict(device=device_name, torch=torch.__version__, pyae=pyae.__version__,
+        meta = dict(device=device_name, torch=torch.__version__, pyae=pyae.__version__, whole_step=args.whole_step,
                     date=datetime.now(timezone.utc).isoformat(timespec="seconds"), warmup=args.warmup,
                     repeat=args.repeat, python=platform.python_version())
         with open(args.json, "w") as f:

@@ -7,8 +7,8 @@
 #   bash benchmarks/gpu_check.sh OUTDIR
 #   STAGES="build tests" bash benchmarks/gpu_check.sh OUTDIR    # a rerun of some stages only
 #
-# Stages: build tests stress sanitize bench_float32 bench_train bench_compiled bench_bfloat16
-# bench_large (STAGES, default all, in this order; a rerun without build reuses the build in
+# Stages: build tests stress sanitize bench_float32 bench_train bench_whole_step bench_compiled
+# bench_bfloat16 bench_large (STAGES, default all, in this order; a rerun without build reuses the build in
 # the tree). Each stage has its own time limit so that one slow stage cannot eat the
 # others'; a stage that fails is recorded in the summary and the next one still runs. Exit
 # status: 0 when every correctness stage that ran (build, tests, stress, sanitize) passed.
@@ -33,7 +33,7 @@ summary="$out/summary.md"
   echo '```'
 } > "$summary" 2>&1
 
-all_stages="build tests stress sanitize bench_float32 bench_train bench_compiled bench_bfloat16 bench_large"
+all_stages="build tests stress sanitize bench_float32 bench_train bench_whole_step bench_compiled bench_bfloat16 bench_large"
 stages=" ${STAGES:-$all_stages} "
 status=0
 
@@ -75,6 +75,8 @@ stage bench_float32 90 $python benchmarks/bench_step.py --device cuda --dtype fl
   --json "$out/bench_float32.json"
 stage bench_train 60 $python benchmarks/bench_train.py --device cuda --batch-sizes 256 4096 \
   --json "$out/bench_train.json"
+stage bench_whole_step 90 $python benchmarks/bench_step.py --device cuda --dtype float32 --whole-step \
+  --sizes 20x784x2000 256x784x1000 --peers plain eager graph pyae pyae_all pyae_graph --json "$out/bench_whole_step.json"
 stage bench_compiled 240 $python benchmarks/bench_step.py --device cuda --dtype float32 \
   --sizes 256x784x1000 4096x784x1000 --peers plain compiled compiled_ro pyae_compiled pyae_compiled_ro \
   --json "$out/bench_compiled.json"
@@ -82,7 +84,7 @@ stage bench_bfloat16 90 $python benchmarks/bench_step.py --device cuda --dtype b
   --sizes 256x784x1000 4096x784x1000 --peers gemm plain eager graph pyae pyae_all pyae_graph --json "$out/bench_bfloat16.json"
 stage bench_large 90 $python benchmarks/bench_step.py --device cuda --dtype float32 bfloat16 \
   --sizes 16384x4096x4096 --peers gemm plain eager pyae pyae_graph --warmup 5 --repeat 20 --json "$out/bench_large.json"
-for log in bench_float32 bench_train bench_compiled bench_bfloat16 bench_large; do
+for log in bench_float32 bench_train bench_whole_step bench_compiled bench_bfloat16 bench_large; do
   [ -f "$out/$log.log" ] && { echo; echo "## $log"; echo; grep '^|\|^device' "$out/$log.log"; } >> "$summary"
 done
 cat "$summary"

@@ -10,6 +10,7 @@ traceback. Ctrl-C during training exits with 130 and says how to resume. Set
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -41,6 +42,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # The data options of a training run, stored with its checkpoint (a resumed run trains on
 # the same data).
 _DATA_SETTINGS = ("data", "data_key", "limit", "val", "scale")
+# The modules of pyae.experiments that `pyae experiment NAME` runs.
+EXPERIMENTS = ("mnist", "contractive", "patches")
 _CONFIG_FIELDS = frozenset(TrainConfig.__dataclass_fields__)
 
 
@@ -261,13 +264,18 @@ def _add_experiment_parser(commands, shared: argparse.ArgumentParser) -> None:
         "experiment",
         parents=[shared],
         allow_abbrev=False,
-        help="the lecture's comparison: AE features + logistic regression on MNIST",
+        help="the lecture's experiments (default: the MNIST comparison)",
         description=(
-            "Train the plain, denoising, sparse and contractive autoencoders on the 5,000 training "
-            "digits, fit a logistic regression on each hidden representation and report its accuracy "
-            "on the 10,000 test digits, next to raw pixels. Writes results.json, report.md and pictures."
+            "Run one of the lecture's experiments; each writes results.json, report.md and pictures to "
+            "--out. mnist (the default): train the plain, denoising, sparse and contractive autoencoders "
+            "on the 5,000 training digits, fit a logistic regression on each hidden representation and "
+            "report its accuracy on the 10,000 test digits, next to raw pixels, with measures of the "
+            "filters. contractive: the contractive autoencoder's sensitivity along and across the data "
+            "(seconds). patches: denoising on natural image patches (minutes)."
         ),
     )
+    experiment.add_argument("name", nargs="?", choices=EXPERIMENTS, default="mnist", metavar="NAME",
+                            help=f"which experiment: {', '.join(EXPERIMENTS)} (default mnist)")
     experiment.add_argument("--quick", action="store_true",
                             help="a smoke run of seconds (small models, few epochs, data subsets)")
     # The shared options' defaults are read in _cmd_experiment: set_defaults here would change
@@ -572,20 +580,24 @@ def _cmd_encode(args) -> int:
 
 
 def _cmd_experiment(args) -> int:
-    from pyae.experiment import format_table, run_experiment  # needs the experiment extra (scikit-learn)
-
+    # The experiments need the experiment extra (scikit-learn, matplotlib): imported here.
+    experiment = importlib.import_module(f"pyae.experiments.{args.name}")
     device, data, seed = getattr(args, "device", "auto"), getattr(args, "data", None), getattr(args, "seed", 0)
     try:
         resolve_device(device)
     except ValueError as err:
         raise CLIError(f"argument --device: {err}") from err
-    if data is not None and not os.path.isdir(data):
-        raise CLIError(f"argument --data: {data!r} is not a directory")
+    options = dict(quick=args.quick, device=device, seed=seed, progress=not args.quiet, num_threads=args.threads)
+    if data is not None:
+        if args.name != "mnist":
+            raise CLIError(f"argument --data: the {args.name} experiment makes its own data")
+        if not os.path.isdir(data):
+            raise CLIError(f"argument --data: {data!r} is not a directory")
+        options["data_root"] = data
     out = Path(args.out)
     _check_out_dir(out)
-    results = run_experiment(out, quick=args.quick, device=device, data_root=data, seed=seed,
-                             progress=not args.quiet, num_threads=args.threads)
-    print(format_table(results))
+    results = experiment.run_experiment(out, **options)
+    print(experiment.format_table(results))
     print(f"\nwrote {out / 'results.json'} and {out / 'report.md'}")
     return EXIT_OK
 

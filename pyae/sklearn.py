@@ -54,7 +54,7 @@ __all__ = ["AutoencoderTransformer"]
 # holding numbers) becomes float64, scikit-learn's convention.
 _FLOAT_DTYPES = (np.float64, np.float32)
 # Rows per encoder/decoder call in transform and inverse_transform: bounds the (device)
-# memory of the intermediate results on large inputs (the chunk size of pyae.experiment).
+# memory of the intermediate results on large inputs (the chunk size of pyae.experiments.mnist).
 _CHUNK_ROWS = 4096
 
 

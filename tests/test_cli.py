@@ -203,6 +203,8 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, capsys, mo
         (["experiment"], ["--out"]),
         (["experiment", "--out", "{tmp}/e", "--device", "cuda:99"], ["--device"]),
         (["experiment", "--out", "{tmp}/e", "--data", "{tmp}/nowhere"], ["--data"]),
+        (["experiment", "contractive", "--out", "{tmp}/e", "--data", "{tmp}"], ["--data", "its own data"]),
+        (["experiment", "bogus", "--out", "{tmp}/e"], ["bogus", "mnist"]),
         ([], ["COMMAND"]),
         (["frobnicate"], ["frobnicate"]),
     ],
@@ -242,7 +244,7 @@ def test_help_and_version(capsys):
 
 
 def test_experiment_command_prints_the_table(tmp_path, capsys, monkeypatch):
-    from pyae import experiment
+    from pyae.experiments import mnist as experiment
 
     calls = {}
     fake = {"settings": {}, "models": {

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -34,8 +33,10 @@ import pyae
 from pyae import functional as PF
 from pyae._atomic import atomic_write
 from pyae._typing import PathLike
-from pyae.config import resolve_device
+from pyae.config import TrainConfig, resolve_device
 from pyae.data import load_mnist, random_subset
+from pyae.experiments.subspace import compare_subspaces, format_section
+from pyae.experiments.filters import summarize_filters
 
 if TYPE_CHECKING:  # scikit-learn is optional (the experiment extra)
     from sklearn.pipeline import Pipeline
@@ -91,6 +92,7 @@ MODELS: Dict[str, Dict[str, Any]] = {
 
 _INSTALL_HINT = "pip install 'pyae[experiment]'"
 _FILTER_UNITS = 100  # the first 100 units, a 10 x 10 grid
+_TILE_SHAPE = (28, 28)  # an MNIST filter as an image
 
 
 # --------------------------------------------------------------------------- helpers
@@ -213,21 +215,15 @@ def _fit_and_score(pipeline: "Pipeline", train_x: np.ndarray, train_y: np.ndarra
     }
 
 
-def _filter_roughness(filters: Tensor) -> float:
-    """How rough the filters are: the mean over filters of the summed squared differences
-    between neighbouring pixels of the unit-norm filter (as a square image), relative to its
-    expectation for white noise. About 1 for speckle noise, near 0 for smooth shapes; broad
-    strokes score lower than thin ones."""
-    k, n = filters.shape
-    side = math.isqrt(n)
-    if side * side != n or side < 2:
-        return float("nan")
-    w = filters.detach().double().cpu().reshape(k, side, side)
-    w = w / w.flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None]
-    energy = (w[:, :, 1:] - w[:, :, :-1]).pow(2).sum((1, 2)) + (w[:, 1:, :] - w[:, :-1, :]).pow(2).sum((1, 2))
-    # White noise of unit norm: each pixel has variance 1/n, each difference 2/n, and there
-    # are 2 * side * (side - 1) neighbouring pairs.
-    return float(energy.mean() / (4.0 * (side - 1) / side))
+def _noise_mean_square(config: TrainConfig, train_x: np.ndarray) -> float:
+    """The expected mean squared change the model's input noise makes to a pixel of the
+    training digits: ``q * mean(x^2)`` for masking noise (a pixel becomes 0 with probability
+    q), ``std^2`` for Gaussian noise, 0 without noise. One scale for both kinds of noise."""
+    if config.noise == "mask":
+        return float(config.noise_level * np.mean(np.square(train_x, dtype=np.float64)))
+    if config.noise == "gaussian":
+        return float(config.noise_level) ** 2
+    return 0.0
 
 
 def _log(progress: bool, message: str) -> None:
@@ -283,7 +279,14 @@ def run_experiment(
         each model with ``test_accuracy``, ``train_accuracy``, ``mean_squared_jacobian_norm``
         (the contractive penalty on the test set), ``mean_activation`` (the mean over units
         of rho_hat on the test set), ``train_seconds`` and ``config``; ``None`` where a
-        statistic does not apply (the raw pixels).
+        statistic does not apply (the raw pixels). Each autoencoder also has
+        ``final_loss``, ``final_reconstruction``, ``noise_mean_square`` (the expected mean
+        squared change its input noise makes to a training pixel: ``q * mean(x^2)`` for masking,
+        ``std^2`` for Gaussian noise, 0 without noise) and ``filter_smoothness`` and
+        ``filter_extent`` (:mod:`pyae.experiments.filters` over all its units' filters, each
+        ``{"median": m, "iqr": [q25, q75]}``). ``"subspace"``: the principal angles between a
+        linear and a nonlinear autoencoder's decoder subspaces and the training digits' top
+        principal subspace (:func:`pyae.experiments.subspace.compare_subspaces`).
     """
     _require_dependencies()
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
@@ -349,6 +352,9 @@ def _run(out_dir, *, quick, device, data_root, seed, progress) -> Dict[str, Any]
         _write_text(setup.out / "results.json", json.dumps(record, indent=2) + "\n")
 
     _save_summary_pictures(setup, histories, sparse_activation)
+    _log(progress, "the linear autoencoder and the SVD: principal angles to the top principal subspace")
+    record["subspace"] = compare_subspaces(torch.from_numpy(setup.train_x), quick=quick, seed=seed,
+                                           device=str(setup.device))
     record["settings"]["total_seconds"] = time.perf_counter() - started
     record["settings"]["complete"] = True
     _write_text(setup.out / "results.json", json.dumps(record, indent=2) + "\n")
@@ -403,6 +409,9 @@ def _evaluate_raw_pixels(setup: _Setup) -> Dict[str, Any]:
         "mean_squared_jacobian_norm": None,
         "mean_activation": None,
         "train_seconds": 0.0,
+        "noise_mean_square": None,
+        "filter_smoothness": None,
+        "filter_extent": None,
         "config": None,
     }
 
@@ -424,6 +433,7 @@ def _train_and_evaluate(setup: _Setup, name: str, *, step: str) -> _Trained:
 
     _, jacobian, activation = _encode_statistics(model, setup.test_on_device)
     filters = model.filters()
+    measures = summarize_filters(filters, _TILE_SHAPE)  # every unit, not only the pictured ones
     entry = {
         **scores,
         "mean_squared_jacobian_norm": jacobian,
@@ -431,7 +441,9 @@ def _train_and_evaluate(setup: _Setup, name: str, *, step: str) -> _Trained:
         "train_seconds": train_seconds,
         "final_loss": history["loss"][-1],
         "final_reconstruction": history["reconstruction"][-1],
-        "filter_roughness": _filter_roughness(filters),
+        "noise_mean_square": _noise_mean_square(config, setup.train_x),
+        "filter_smoothness": measures["smoothness"],
+        "filter_extent": measures["extent"],
         "config": config.to_dict(),
     }
     _log(setup.progress, f"    test accuracy {entry['test_accuracy']:.4f} (train {entry['train_accuracy']:.4f}); "
@@ -476,9 +488,12 @@ def _save_denoising_picture(model, clean: Tensor, path: Path, name: str, seed: i
 
 def format_table(results: Mapping[str, Any], *, markdown: bool = True) -> str:
     """The results as a table: one row per model with its test and train accuracy, the
-    mean squared Jacobian norm, the mean activation and the training time."""
+    mean squared Jacobian norm, the mean activation, the training time, and its filters'
+    smoothness and extent (:mod:`pyae.experiments.filters`), each as the median
+    [25th, 75th percentile] over the model's units."""
     # No "|" in the cells: it would split a markdown table's columns.
-    header = ["model", "test acc.", "train acc.", "mean sq. Jacobian norm", "mean activation", "train s"]
+    header = ["model", "test acc.", "train acc.", "mean sq. Jacobian norm", "mean activation", "train s",
+              "filter smoothness", "filter extent"]
     rows = []
     for name, entry in results["models"].items():
         def number(key, fmt):
@@ -492,6 +507,8 @@ def format_table(results: Mapping[str, Any], *, markdown: bool = True) -> str:
             number("mean_squared_jacobian_norm", ".3g"),
             number("mean_activation", ".3f"),
             number("train_seconds", ".1f"),
+            _summary_cell(entry.get("filter_smoothness"), _SMOOTHNESS_FORMAT),
+            _summary_cell(entry.get("filter_extent"), _EXTENT_FORMAT),
         ])
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
 
@@ -508,41 +525,45 @@ def format_table(results: Mapping[str, Any], *, markdown: bool = True) -> str:
     return "\n".join(lines)
 
 
-# What the filters of the default run (seed 0, DEFAULT_SETTINGS) look like: written after
-# looking at the pictures of that run, so it describes that run, not any other.
-_FILTER_OBSERVATIONS = """\
-What the pictures of this default run show (seed 0):
+_SMOOTHNESS_FORMAT = ".3f"
+_EXTENT_FORMAT = ".1f"
 
-* **vanilla**: no recognisable structure. Every filter is a high-frequency speckle of small
-  bright and dark dots spread over the whole digit area. With 2000 hidden units for 784
-  pixels the plain autoencoder can reconstruct well without learning shapes.
-* **denoising_mask_0.25** and **denoising_mask_0.5**: many filters turn into parts of digits:
-  strokes, arcs and whole outlines like those of 0, 2, 3 and 8, and a few dark
-  centre-surround spots. Others keep the speckle. The two grids look much alike (both start
-  from the same initial weights), but with q = 0.5 the templates are broader and smoother.
-  Their roughness drops from q = 0.25 to q = 0.5, which is the lecture's "wider strokes as q
-  grows"; by eye the difference is smaller than that drop suggests.
-* **denoising_gaussian** (std 0.7): the sharpest single-stroke detectors. Many filters are one
-  thin stroke (bars at several orientations, arcs, hooks) or a small digit fragment. It
-  is also the best feature set for the classifier. Its background keeps a fine,
-  low-contrast speckle, which keeps its roughness above the masking models'.
-* **sparse**: short, localised stroke fragments. Each unit picks out a piece of a digit,
-  on a background of faint pixel noise. Units fire rarely (mean activation near the
-  0.05 target, see the KL plot).
-* **contractive**: smooth, blurred stroke and digit-part shapes in the centre, with speckle
-  towards the border, where the pixels are almost always 0 and the random initial weights
-  are never trained away. The encoder is far less sensitive to its input than any other
-  model's (the smallest mean squared Jacobian norm) but classifies worse than the
-  denoising ones.
-"""
+
+def _summary_cell(summary: Optional[Mapping[str, Any]], fmt: str) -> str:
+    """``median [q25, q75]`` of a :func:`pyae.experiments.filters.summarize` result."""
+    if not summary or summary.get("median") is None:
+        return "-"
+    q25, q75 = summary["iqr"]
+    return f"{summary['median']:{fmt}} [{q25:{fmt}}, {q75:{fmt}}]"
 
 
 def _report(record: Mapping[str, Any]) -> str:
     s = record["settings"]
+    lines = _report_summary(record)
+    if s["quick"]:
+        lines += ["**This is a `--quick` smoke run** (few epochs, small models, data subsets): the numbers "
+                  "and pictures check that the pipeline works and say nothing about the methods.", ""]
+    lines += _filter_section(record)
+    lines += ["## Denoising", "", "Clean test digits, their corruption, and the reconstruction from the "
+              "corrupted input:", ""]
+    for name, options in s["models"].items():
+        if options.get("noise"):
+            lines += [f"![{name}](reconstructions_{name}.png)", ""]
+    lines += ["## Sparsity", "", "The KL penalty against the mean activation, with the sparse model's "
+              "units on the test set:", "", "![KL penalty](kl_penalty.png)", ""]
+    if "subspace" in record:
+        lines += [format_section(record["subspace"]), ""]
+    lines += ["## Training", "", "![training loss](training_loss.png)", ""]
+    return "\n".join(lines)
+
+
+def _report_summary(record: Mapping[str, Any]) -> List[str]:
+    """The report's head: what was trained, the table, the best model, the columns."""
+    s = record["settings"]
     models = record["models"]
     best = max(models, key=lambda n: models[n]["test_accuracy"])
     raw = models["raw"]["test_accuracy"]
-    lines = [
+    return [
         "# pyae experiment: autoencoder features for MNIST",
         "",
         f"Each autoencoder ({s['n_hidden']} sigmoid hidden units, {s['loss']} loss, {s['optimizer']} "
@@ -560,36 +581,121 @@ def _report(record: Mapping[str, Any]) -> str:
         "of the encoder's Jacobian, i.e. how strongly the representation reacts to a small change of "
         "the input. `mean activation` is the mean over the hidden units of their mean activation on the "
         "test set (the sparse model's target is "
-        f"{s['models']['sparse'].get('sparsity_target')}).",
+        f"{s['models']['sparse'].get('sparsity_target')}). `filter smoothness` and `filter extent` describe "
+        f"the filters of all {s['n_hidden']} units: the median [25th, 75th percentile] over the units "
+        "(see Filters).",
         "",
         "Model options: " + "; ".join(
             f"`{n}`: " + (", ".join(f"{k}={v}" for k, v in o.items()) or "no regularizer")
             for n, o in s["models"].items()) + ".",
         "",
     ]
-    if s["quick"]:
-        lines += ["**This is a `--quick` smoke run** (few epochs, small models, data subsets): the numbers "
-                  "and pictures check that the pipeline works and say nothing about the methods.", ""]
-    lines += ["## Filters", "",
-              "Each tile is a unit's filter W_l / ||W_l||, the unit-norm input that excites it most, "
-              "scaled to [0, 1] (first 100 units). `roughness` measures the filters' texture: the squared "
-              "differences between neighbouring pixels of the unit-norm filter, relative to white noise "
-              "(1: speckle noise, 0: flat; smooth, broad strokes score low), averaged over all units.", ""]
-    lines += ["| model | roughness |", "|---|---:|"]
-    lines += [f"| {n} | {e['filter_roughness']:.3f} |" for n, e in models.items()
-              if e.get("filter_roughness") is not None]
-    lines.append("")
-    if not s["quick"]:
-        lines += [_FILTER_OBSERVATIONS.strip(), ""]
-    for name in models:
+
+
+def _filter_section(record: Mapping[str, Any]) -> List[str]:
+    """The filters: what the measures mean, the lecture's claims measured, the pictures."""
+    s = record["settings"]
+    lines = [
+        "## Filters", "",
+        "Each tile is a unit's filter W_l / ||W_l||, the unit-norm input that excites it most, scaled to "
+        f"[0, 1] (the first {min(_FILTER_UNITS, s['n_hidden'])} units). The table above measures the filters "
+        f"of all units, each as a {_TILE_SHAPE[0]} x {_TILE_SHAPE[1]} image w (`pyae.experiments.filters`):",
+        "",
+        "* `filter smoothness`: the correlation between horizontally and vertically neighbouring pixels of "
+        "the filter (centred by its mean). About 0 for pixel speckle (white noise gives 0 +- 0.03), near 1 "
+        "for smooth strokes and blobs (0.94 for a round blob of standard deviation 2 pixels), -1 for a "
+        "checkerboard. Thin strokes score lower than broad ones (a line one pixel wide: 0.46), and a smooth "
+        "shape with speckle on it scores in between, by the speckle's share of the filter's energy.",
+        "* `filter extent`: the effective number of pixels that carry the filter's energy, "
+        "1 / sum_j w_j^4 for the unit-norm filter: m for a filter spread evenly over m pixels, about 25 "
+        "for a round blob of standard deviation 2 pixels, about 261 for white noise over all 784 pixels.",
+        "",
+    ]
+    lines += _claims(record)
+    for name in record["models"]:
         if name != "raw":
             lines += [f"![filters of {name}](filters_{name}.png)", ""]
-    lines += ["## Denoising", "", "Clean test digits, their corruption, and the reconstruction from the "
-              "corrupted input:", ""]
-    for name, options in s["models"].items():
-        if options.get("noise"):
-            lines += [f"![{name}](reconstructions_{name}.png)", ""]
-    lines += ["## Sparsity", "", "The KL penalty against the mean activation, with the sparse model's "
-              "units on the test set:", "", "![KL penalty](kl_penalty.png)", "",
-              "## Training", "", "![training loss](training_loss.png)", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _verdict(holds: bool) -> str:
+    return "holds" if holds else "does not hold"
+
+
+def _median(entry: Mapping[str, Any], key: str) -> Optional[float]:
+    summary = entry.get(key)
+    return None if not summary else summary.get("median")
+
+
+def _measured(entry: Mapping[str, Any]) -> bool:
+    """Whether a model's entry has both filter medians."""
+    return None not in (_median(entry, "filter_smoothness"), _median(entry, "filter_extent"))
+
+
+def _claims(record: Mapping[str, Any]) -> List[str]:
+    """The lecture's statements about the filters, each tested on this run's medians."""
+    models, options = record["models"], record["settings"]["models"]
+    denoising = [n for n in models if options.get(n, {}).get("noise") and _measured(models[n])]
+    lines = [
+        "### The lecture's claims, measured in this run", "",
+        "The lecture says that the vanilla autoencoder \"does not learn many meaningful patterns\", that the "
+        "hidden units of the denoising autoencoders act like pen-stroke detectors, and that the filters "
+        "become wider as the noise grows. Each statement below compares the models' medians from the "
+        "table and says whether it holds in this run. The interquartile ranges in the table show how much "
+        "the units of one model differ from each other: a difference between medians well inside them is "
+        "a small one." + (" In a `--quick` run the verdicts describe small, briefly trained models only."
+                          if record["settings"]["quick"] else ""),
+        "",
+    ]
+    statements = _vanilla_claims(models, denoising) + _width_claims(models, options, denoising)
+    if not statements:
+        return lines + ["No statement applies: the run lacks the vanilla or the denoising models.", ""]
+    return lines + [f"{i}. {text}" for i, text in enumerate(statements, start=1)] + [""]
+
+
+def _vanilla_claims(models: Mapping[str, Any], denoising: List[str]) -> List[str]:
+    """Denoising filters smoother and more local (smaller extent) than the vanilla model's."""
+    if "vanilla" not in models or not _measured(models["vanilla"]) or not denoising:
+        return []
+    smooth, wide = _median(models["vanilla"], "filter_smoothness"), _median(models["vanilla"], "filter_extent")
+
+    def each(key, fmt, holds):
+        medians = {n: _median(models[n], key) for n in denoising}
+        return "; ".join(f"`{n}` {m:{fmt}}, {_verdict(holds(m))}" for n, m in medians.items())
+
+    return [
+        "**The denoising models' filters are smoother than the vanilla model's** (a higher median smoothness "
+        f"than vanilla's {smooth:{_SMOOTHNESS_FORMAT}}): "
+        + each("filter_smoothness", _SMOOTHNESS_FORMAT, lambda m: m > smooth) + ".",
+        "**The denoising models' filters are more local than the vanilla model's** (a smaller median extent "
+        f"than vanilla's {wide:{_EXTENT_FORMAT}} pixels): "
+        + each("filter_extent", _EXTENT_FORMAT, lambda m: m < wide) + ".",
+    ]
+
+
+def _width_claims(models: Mapping[str, Any], options: Mapping[str, Any], denoising: List[str]) -> List[str]:
+    """Wider filters (larger median extent) with more masking noise, and with stronger noise
+    of either kind on one scale (the mean squared change the noise makes to a pixel)."""
+    statements = []
+    masking = sorted((n for n in denoising if options[n]["noise"] == "mask"), key=lambda n: options[n]["noise_level"])
+    if len(masking) >= 2:
+        extents = [_median(models[n], "filter_extent") for n in masking]
+        statements.append(
+            "**The filters become wider as the masking noise grows** (a larger median extent), q = "
+            + " -> ".join(f"{options[n]['noise_level']:g}" for n in masking) + ": "
+            + " -> ".join(f"{e:{_EXTENT_FORMAT}}" for e in extents) + f" pixels, {_verdict(_increasing(extents))}.")
+    ordered = sorted((n for n in denoising if models[n].get("noise_mean_square") is not None),
+                     key=lambda n: models[n]["noise_mean_square"])
+    if len({options[n]["noise"] for n in ordered}) >= 2:
+        extents = [_median(models[n], "filter_extent") for n in ordered]
+        statements.append(
+            "**The filters become wider as the noise grows, whatever its kind.** On one scale, the mean squared "
+            "change the noise makes to a training pixel (q * mean x^2 for masking, std^2 for Gaussian noise), "
+            "the order is " + ", ".join(f"`{n}` ({models[n]['noise_mean_square']:.3g})" for n in ordered)
+            + "; their median extents in that order: " + ", ".join(f"{e:{_EXTENT_FORMAT}}" for e in extents)
+            + f" pixels, {_verdict(_increasing(extents))}.")
+    return statements
+
+
+def _increasing(values: List[float]) -> bool:
+    return all(b > a for a, b in zip(values, values[1:]))
