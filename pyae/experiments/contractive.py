@@ -73,7 +73,6 @@ import copy
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -84,11 +83,11 @@ from torch import Tensor
 
 import pyae
 from pyae import functional as PF
-from pyae._atomic import atomic_write
 from pyae._typing import PathLike
 from pyae.config import TrainConfig, resolve_device
 from pyae.training import train
 from pyae.validation import check_bool, check_device, check_int
+from pyae.experiments._common import INSTALL_HINT, log, write_text
 
 __all__ = [
     "DEFAULT_SETTINGS",
@@ -141,7 +140,6 @@ QUICK_SETTINGS: Dict[str, Any] = {
 #: The models of each variant, in the order of the tables.
 MODELS = ("plain", "contractive")
 _MEASURED_KEYS = ("sensitivity_ratio", "angle_to_pc1_degrees", "reconstruction_error")
-_INSTALL_HINT = "pip install 'pyae[experiment]'"
 
 
 # --------------------------------------------------------------------------- the data
@@ -412,17 +410,11 @@ def _require_matplotlib() -> None:
     try:
         __import__("matplotlib")
     except ImportError as err:
-        raise ImportError(f"the contractive experiment needs matplotlib: {_INSTALL_HINT}") from err
+        raise ImportError(f"the contractive experiment needs matplotlib: {INSTALL_HINT}") from err
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_write(path, "w") as f:
-        f.write(text)
 
 
-def _log(progress: bool, message: str) -> None:
-    if progress:
-        print(message, file=sys.stderr, flush=True)
 
 
 def _config(settings: Mapping[str, Any], contractive_weight: float, seed: int, device: torch.device) -> TrainConfig:
@@ -522,14 +514,14 @@ def _run(out: Path, *, quick: bool, device: torch.device, seed: int, progress: b
         record["variants"][name], matrices = _run_variant(name, data, settings, seed, device, progress)
         figures[name] = _Figure(data, matrices)
         # Partial results survive a crash or Ctrl-C in a later variant.
-        _write_text(out / "results.json", json.dumps(record, indent=2) + "\n")
+        write_text(out / "results.json", json.dumps(record, indent=2) + "\n")
 
     _save_pictures(out, record, figures)
     record["settings"]["total_seconds"] = time.perf_counter() - started
     record["settings"]["complete"] = True
-    _write_text(out / "results.json", json.dumps(record, indent=2) + "\n")
-    _write_text(out / "report.md", _report(record))
-    _log(progress, f"done in {record['settings']['total_seconds']:.1f}s; wrote {out / 'results.json'}")
+    write_text(out / "results.json", json.dumps(record, indent=2) + "\n")
+    write_text(out / "report.md", _report(record))
+    log(progress, f"done in {record['settings']['total_seconds']:.1f}s; wrote {out / 'results.json'}")
     return record
 
 
@@ -561,7 +553,7 @@ def _run_variant(name: str, data: SyntheticData, settings: Mapping[str, Any], se
     plain_val = _val_error(plain, data.val)
     measured, plain_matrix = _measure(plain, data, components)
     models = {"plain": {**measured, **plain_info, "val_reconstruction_error": plain_val}}
-    _log(progress, f"[{name}] plain: ratio {models['plain']['sensitivity_ratio']:.3g}, "
+    log(progress, f"[{name}] plain: ratio {models['plain']['sensitivity_ratio']:.3g}, "
                    f"angle to PC1 {models['plain']['angle_to_pc1_degrees']:.1f} deg, "
                    f"val error {plain_val:.4g} ({plain_info['train_seconds']:.1f}s)")
 
@@ -576,7 +568,7 @@ def _run_variant(name: str, data: SyntheticData, settings: Mapping[str, Any], se
                      "within_budget": val <= budget, **{k: measured[k] for k in _MEASURED_KEYS},
                      "train_seconds": info["train_seconds"]})
         candidates[float(weight)] = ({**measured, **info, "val_reconstruction_error": val}, matrix)
-        _log(progress, f"[{name}] contractive {weight:g}: val error {val:.4g} (budget {budget:.4g}), ratio "
+        log(progress, f"[{name}] contractive {weight:g}: val error {val:.4g} (budget {budget:.4g}), ratio "
                        f"{measured['sensitivity_ratio']:.3g}, angle to PC1 {measured['angle_to_pc1_degrees']:.1f} deg "
                        f"({info['train_seconds']:.1f}s)")
     passing = [g["contractive_weight"] for g in grid if g["within_budget"]]

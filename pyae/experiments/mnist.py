@@ -19,7 +19,6 @@ import copy
 import dataclasses
 import json
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -31,12 +30,12 @@ from torch import Tensor
 
 import pyae
 from pyae import functional as PF
-from pyae._atomic import atomic_write
 from pyae._typing import PathLike
 from pyae.config import TrainConfig, resolve_device
 from pyae.data import load_mnist, random_subset
 from pyae.experiments.subspace import compare_subspaces, format_section
 from pyae.experiments.filters import summarize_filters
+from pyae.experiments._common import log, require, write_text
 
 if TYPE_CHECKING:  # scikit-learn is optional (the experiment extra)
     from sklearn.pipeline import Pipeline
@@ -90,7 +89,6 @@ MODELS: Dict[str, Dict[str, Any]] = {
     "contractive": {"contractive_weight": 0.5},
 }
 
-_INSTALL_HINT = "pip install 'pyae[experiment]'"
 _FILTER_UNITS = 100  # the first 100 units, a 10 x 10 grid
 _TILE_SHAPE = (28, 28)  # an MNIST filter as an image
 
@@ -98,20 +96,8 @@ _TILE_SHAPE = (28, 28)  # an MNIST filter as an image
 # --------------------------------------------------------------------------- helpers
 
 
-def _require_dependencies() -> None:
-    missing = []
-    for module in ("sklearn", "matplotlib"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append("scikit-learn" if module == "sklearn" else module)
-    if missing:
-        raise ImportError(f"the experiment needs {' and '.join(missing)}: {_INSTALL_HINT}")
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_write(path, "w") as f:
-        f.write(text)
 
 
 @torch.no_grad()
@@ -226,9 +212,6 @@ def _noise_mean_square(config: TrainConfig, train_x: np.ndarray) -> float:
     return 0.0
 
 
-def _log(progress: bool, message: str) -> None:
-    if progress:
-        print(message, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------ run
@@ -288,7 +271,7 @@ def run_experiment(
         linear and a nonlinear autoencoder's decoder subspaces and the training digits' top
         principal subspace (:func:`pyae.experiments.subspace.compare_subspaces`).
     """
-    _require_dependencies()
+    require()
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                     or num_threads < 1):
         raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
@@ -336,9 +319,9 @@ def _run(out_dir, *, quick, device, data_root, seed, progress) -> Dict[str, Any]
     models: Dict[str, Dict[str, Any]] = record["models"]
     total = len(MODELS) + 1
 
-    _log(progress, f"[1/{total}] raw pixels: logistic regression on {setup.train_x.shape[1]} features")
+    log(progress, f"[1/{total}] raw pixels: logistic regression on {setup.train_x.shape[1]} features")
     models["raw"] = _evaluate_raw_pixels(setup)
-    _log(progress, f"    test accuracy {models['raw']['test_accuracy']:.4f}")
+    log(progress, f"    test accuracy {models['raw']['test_accuracy']:.4f}")
 
     histories: Dict[str, List[float]] = {}
     sparse_activation = None
@@ -349,17 +332,17 @@ def _run(out_dir, *, quick, device, data_root, seed, progress) -> Dict[str, Any]
         if trained.sparsity is not None:
             sparse_activation = trained.sparsity
         # Partial results survive a crash or Ctrl-C in a later model.
-        _write_text(setup.out / "results.json", json.dumps(record, indent=2) + "\n")
+        write_text(setup.out / "results.json", json.dumps(record, indent=2) + "\n")
 
     _save_summary_pictures(setup, histories, sparse_activation)
-    _log(progress, "the linear autoencoder and the SVD: principal angles to the top principal subspace")
+    log(progress, "the linear autoencoder and the SVD: principal angles to the top principal subspace")
     record["subspace"] = compare_subspaces(torch.from_numpy(setup.train_x), quick=quick, seed=seed,
                                            device=str(setup.device))
     record["settings"]["total_seconds"] = time.perf_counter() - started
     record["settings"]["complete"] = True
-    _write_text(setup.out / "results.json", json.dumps(record, indent=2) + "\n")
-    _write_text(setup.out / "report.md", _report(record))
-    _log(progress, f"done in {record['settings']['total_seconds']:.0f}s; wrote {setup.out / 'results.json'}")
+    write_text(setup.out / "results.json", json.dumps(record, indent=2) + "\n")
+    write_text(setup.out / "report.md", _report(record))
+    log(progress, f"done in {record['settings']['total_seconds']:.0f}s; wrote {setup.out / 'results.json'}")
     return record
 
 
@@ -426,7 +409,7 @@ def _train_and_evaluate(setup: _Setup, name: str, *, step: str) -> _Trained:
     pipeline = build_pipeline(name, setup.settings, seed=setup.seed, device=str(setup.device),
                               progress=setup.progress)
     features = pipeline.named_steps["features"]
-    _log(setup.progress, f"{step} {name}: {features.n_hidden} hidden units, {features.epochs} epochs on {setup.device}")
+    log(setup.progress, f"{step} {name}: {features.n_hidden} hidden units, {features.epochs} epochs on {setup.device}")
     scores = _fit_and_score(pipeline, setup.train_x, setup.train_y, setup.test_x, setup.test_y)
     model, history, config = features.model_, features.history_, features.config_
     train_seconds = float(sum(history["seconds"]))
@@ -446,7 +429,7 @@ def _train_and_evaluate(setup: _Setup, name: str, *, step: str) -> _Trained:
         "filter_extent": measures["extent"],
         "config": config.to_dict(),
     }
-    _log(setup.progress, f"    test accuracy {entry['test_accuracy']:.4f} (train {entry['train_accuracy']:.4f}); "
+    log(setup.progress, f"    test accuracy {entry['test_accuracy']:.4f} (train {entry['train_accuracy']:.4f}); "
                          f"trained in {train_seconds:.1f}s")
 
     viz.save_filter_grid(filters[:_FILTER_UNITS], setup.out / f"filters_{name}.png", rows=10, cols=10,

@@ -126,7 +126,6 @@ import copy
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -135,9 +134,9 @@ import numpy as np
 import torch
 
 import pyae
-from pyae._atomic import atomic_write
 from pyae._typing import PathLike
 from pyae.config import TrainConfig, resolve_device
+from pyae.experiments._common import log, require, write_text
 
 __all__ = [
     "DEFAULT_SETTINGS",
@@ -197,7 +196,6 @@ MODELS: Dict[str, Dict[str, Any]] = {
 #: The thresholds that classify a filter (see the module docstring).
 THRESHOLDS: Dict[str, float] = {"oriented": 0.5, "localized": 0.4, "smooth": 0.3}
 
-_INSTALL_HINT = "pip install 'pyae[experiment]'"
 # ITU-R BT.601 luma weights.
 _LUMA = np.array([0.299, 0.587, 0.114])
 # The power spectrum's grid: 12 x 12 filters zero-padded to 32 x 32.
@@ -614,25 +612,10 @@ def check_claims(models: Mapping[str, Mapping[str, Any]]) -> Dict[str, Dict[str,
 # ------------------------------------------------------------------------- helpers
 
 
-def _require_dependencies() -> None:
-    missing = []
-    for module in ("sklearn", "matplotlib"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append("scikit-learn" if module == "sklearn" else module)
-    if missing:
-        raise ImportError(f"the experiment needs {' and '.join(missing)}: {_INSTALL_HINT}")
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_write(path, "w") as f:
-        f.write(text)
 
 
-def _log(progress: bool, message: str) -> None:
-    if progress:
-        print(message, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- run
@@ -680,7 +663,7 @@ def run_experiment(
         and Gaussian-blob filters and (not in quick mode) ``fastica``, FastICA's filters of
         the training patches (with ``converged``); ``claims`` is :func:`check_claims`.
     """
-    _require_dependencies()
+    require()
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                     or num_threads < 1):
         raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
@@ -712,7 +695,7 @@ def _run(out_dir: PathLike, *, quick: bool, device: str, seed: int, progress: bo
     train_x = torch.from_numpy(whitening(raw_train)).float()
     test_x = torch.from_numpy(whitening(raw_test)).float()
     test_energy = float(test_x.double().pow(2).sum(dim=1).mean())
-    _log(progress, f"{train_x.shape[0]} training and {test_x.shape[0]} held-out {size}x{size} patches, "
+    log(progress, f"{train_x.shape[0]} training and {test_x.shape[0]} held-out {size}x{size} patches, "
                    f"whitened (eps = {whitening.epsilon:.3g}); training on {torch_device}")
     shown = min(_SAMPLE_PATCHES, raw_train.shape[0])
     viz.save_filter_grid(np.concatenate([raw_train[:shown], whitening(raw_train[:shown])]), out / "patches.png",
@@ -746,7 +729,7 @@ def _run(out_dir: PathLike, *, quick: bool, device: str, seed: int, progress: bo
         record["references"]["fastica"] = ica[0]
         viz.save_filter_grid(ica[1], out / "filters_fastica_reference.png", rows=5, tile_shape=tile, scale=3,
                              title=f"reference: FastICA's {ica[1].shape[0]} filters")
-        _log(progress, f"FastICA reference: edge-like {100 * ica[0]['edge_like']:.0f}% of its filters")
+        log(progress, f"FastICA reference: edge-like {100 * ica[0]['edge_like']:.0f}% of its filters")
     curves: Dict[str, List[float]] = {}
     for index, (name, options) in enumerate(MODELS.items(), start=1):
         config = TrainConfig(
@@ -755,7 +738,7 @@ def _run(out_dir: PathLike, *, quick: bool, device: str, seed: int, progress: bo
             batch_size=settings["batch_size"], lr=settings["lr"], optimizer=settings["optimizer"], seed=seed,
             device=str(torch_device), **options,
         )
-        _log(progress, f"[{index}/{len(MODELS)}] {name}: {config.n_hidden} hidden units, {config.epochs} epochs")
+        log(progress, f"[{index}/{len(MODELS)}] {name}: {config.n_hidden} hidden units, {config.epochs} epochs")
         from pyae.training import train
 
         model, history = train(config, train_x, validation=test_x, progress=progress)
@@ -775,20 +758,20 @@ def _run(out_dir: PathLike, *, quick: bool, device: str, seed: int, progress: bo
         viz.save_filter_grid(model.filters(), out / f"filters_{name}.png", rows=10, tile_shape=tile, scale=3,
                              title=f"{name}: all {config.n_hidden} filters")
         summary = entry["filters"]
-        _log(progress, f"    held-out error {entry['heldout_error']:.3f} "
+        log(progress, f"    held-out error {entry['heldout_error']:.3f} "
                        f"({100 * entry['heldout_relative_error']:.1f}%); "
                        f"edge-like {100 * summary['edge_like']:.0f}%, blob-like {100 * summary['blob_like']:.0f}%, "
                        f"noise-like {100 * summary['noise_like']:.0f}%; trained in {entry['train_seconds']:.1f}s")
-        _write_text(out / "results.json", json.dumps(record, indent=2) + "\n")
+        write_text(out / "results.json", json.dumps(record, indent=2) + "\n")
 
     viz.save_line_plot(curves, out / "heldout_error.png", ylabel="squared error per held-out patch",
                        title="Held-out reconstruction error (clean input)")
     record["claims"] = check_claims(record["models"])
     record["settings"]["total_seconds"] = time.perf_counter() - started
     record["settings"]["complete"] = True
-    _write_text(out / "results.json", json.dumps(record, indent=2) + "\n")
-    _write_text(out / "report.md", _report(record))
-    _log(progress, f"done in {record['settings']['total_seconds']:.0f}s; wrote {out / 'results.json'}")
+    write_text(out / "results.json", json.dumps(record, indent=2) + "\n")
+    write_text(out / "report.md", _report(record))
+    log(progress, f"done in {record['settings']['total_seconds']:.0f}s; wrote {out / 'results.json'}")
     return record
 
 
