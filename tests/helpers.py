@@ -37,3 +37,12 @@ def make_inputs(batch, features, hidden, *, dtype=torch.float64, device="cpu", b
 
 def assert_close(actual, expected, dtype):
     torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), **TOLERANCES[dtype])
+
+
+def run_quick(run_experiment, out):
+    """``(out, results)`` of an experiment's quick run on the CPU with one torch thread, and
+    the check that the run restored torch's thread count."""
+    threads = torch.get_num_threads()
+    results = run_experiment(out, quick=True, device="cpu", progress=False, num_threads=1)
+    assert torch.get_num_threads() == threads  # restored
+    return out, results

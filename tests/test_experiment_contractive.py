@@ -11,6 +11,7 @@ pytest.importorskip("matplotlib")
 
 import pyae  # noqa: E402
 import reference  # noqa: E402
+from helpers import run_quick  # noqa: E402
 from pyae import functional as PF  # noqa: E402
 from pyae.experiments.contractive import (  # noqa: E402
     QUICK_SETTINGS,
@@ -34,10 +35,7 @@ MEASURED = ("sensitivity_ratio", "angle_to_pc1_degrees", "reconstruction_error",
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("contractive")
-    threads = torch.get_num_threads()
-    results = run_experiment(out, quick=True, device="cpu", progress=False, num_threads=1)
-    assert torch.get_num_threads() == threads  # restored
-    return out, results
+    return run_quick(run_experiment, out)
 
 
 def test_results_json(quick_run):

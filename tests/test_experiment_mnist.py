@@ -15,6 +15,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.pipeline import Pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
+from helpers import run_quick  # noqa: E402
 from pyae.config import TrainConfig  # noqa: E402
 from pyae.data import load_mnist  # noqa: E402
 import pyae  # noqa: E402
@@ -36,10 +37,7 @@ VERDICT = r"(holds|does not hold)"
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("experiment")
-    threads = torch.get_num_threads()
-    results = run_experiment(out, quick=True, device="cpu", progress=False, num_threads=1)
-    assert torch.get_num_threads() == threads  # restored
-    return out, results
+    return run_quick(run_experiment, out)
 
 
 def test_results_json(quick_run):

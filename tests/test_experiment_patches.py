@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import run_quick
 from pyae.experiments.patches import (
     MODELS,
     THRESHOLDS,
@@ -236,11 +237,7 @@ def quick_run(tmp_path_factory):
     pytest.importorskip("matplotlib")
     from pyae.experiments.patches import run_experiment
 
-    out = tmp_path_factory.mktemp("patches")
-    threads = torch.get_num_threads()
-    results = run_experiment(out, quick=True, device="cpu", progress=False, num_threads=1)
-    assert torch.get_num_threads() == threads  # restored
-    return out, results
+    return run_quick(run_experiment, tmp_path_factory.mktemp("patches"))
 
 
 def test_quick_run_results(quick_run):

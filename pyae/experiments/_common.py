@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Optional, Sequence
+
+import torch
 
 from pyae._atomic import atomic_write
+from pyae.validation import check_int
 
 INSTALL_HINT = "pip install 'pyae[experiment]'"
 
@@ -33,3 +37,23 @@ def log(progress: bool, message: str) -> None:
     """A progress line on stderr, when ``progress``."""
     if progress:
         print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def torch_threads(num_threads: Optional[int], default: Optional[int] = None) -> Iterator[None]:
+    """Run the body with torch's intra-op CPU threads set to ``num_threads`` (``default`` when
+    None; None for both: torch's setting), restored afterwards.
+
+    Raises:
+        TypeError, ValueError: ``num_threads`` is not a positive int or None.
+    """
+    if num_threads is not None:
+        num_threads = check_int(num_threads, "num_threads", 1)
+    wanted = default if num_threads is None else num_threads
+    previous = torch.get_num_threads()
+    if wanted is not None:
+        torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

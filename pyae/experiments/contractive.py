@@ -87,7 +87,7 @@ from pyae._typing import PathLike
 from pyae.config import TrainConfig, resolve_device
 from pyae.training import train
 from pyae.validation import check_bool, check_device, check_int
-from pyae.experiments._common import INSTALL_HINT, log, write_text
+from pyae.experiments._common import INSTALL_HINT, log, torch_threads, write_text
 
 __all__ = [
     "DEFAULT_SETTINGS",
@@ -486,13 +486,8 @@ def run_experiment(
         num_threads = check_int(num_threads, "num_threads", 1)
     _require_matplotlib()
     torch_device = resolve_device(device)
-
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(1 if num_threads is None else num_threads)
-    try:
+    with torch_threads(num_threads, default=1):
         return _run(Path(os.fspath(out_dir)), quick=quick, device=torch_device, seed=seed, progress=progress)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(out: Path, *, quick: bool, device: torch.device, seed: int, progress: bool) -> Dict[str, Any]:

@@ -35,7 +35,7 @@ from pyae.config import TrainConfig, resolve_device
 from pyae.data import load_mnist, random_subset
 from pyae.experiments.subspace import compare_subspaces, format_section
 from pyae.experiments.filters import summarize_filters
-from pyae.experiments._common import log, require, write_text
+from pyae.experiments._common import log, require, torch_threads, write_text
 
 if TYPE_CHECKING:  # scikit-learn is optional (the experiment extra)
     from sklearn.pipeline import Pipeline
@@ -272,18 +272,8 @@ def run_experiment(
         principal subspace (:func:`pyae.experiments.subspace.compare_subspaces`).
     """
     require()
-    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
-                                    or num_threads < 1):
-        raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
-    previous_threads = torch.get_num_threads()
-    if num_threads is None and quick:
-        num_threads = 1
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
+    with torch_threads(num_threads, default=1 if quick else None):
         return _run(out_dir, quick=quick, device=device, data_root=data_root, seed=seed, progress=progress)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -136,7 +136,7 @@ import torch
 import pyae
 from pyae._typing import PathLike
 from pyae.config import TrainConfig, resolve_device
-from pyae.experiments._common import log, require, write_text
+from pyae.experiments._common import log, require, torch_threads, write_text
 
 __all__ = [
     "DEFAULT_SETTINGS",
@@ -664,18 +664,8 @@ def run_experiment(
         the training patches (with ``converged``); ``claims`` is :func:`check_claims`.
     """
     require()
-    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
-                                    or num_threads < 1):
-        raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
-    previous_threads = torch.get_num_threads()
-    if num_threads is None and quick:
-        num_threads = 1
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
+    with torch_threads(num_threads, default=1 if quick else None):
         return _run(out_dir, quick=quick, device=device, seed=seed, progress=progress)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(out_dir: PathLike, *, quick: bool, device: str, seed: int, progress: bool) -> Dict[str, Any]:
