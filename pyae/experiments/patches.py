@@ -676,45 +676,10 @@ def _run(out_dir: PathLike, *, quick: bool, device: str, seed: int, progress: bo
     out.mkdir(parents=True, exist_ok=True)
     settings = copy.deepcopy(QUICK_SETTINGS if quick else DEFAULT_SETTINGS)
     torch_device = resolve_device(device)
-    size = settings["patch_size"]
-    tile = (size, size)
-
-    raw_train, raw_test = extract_patches(load_grayscale_images(), settings["n_train"], settings["n_test"],
-                                          patch_size=size, held_out_columns=settings["held_out_columns"], seed=seed)
-    whitening = fit_whitening(raw_train, settings["whitening_epsilon"])
-    train_x = torch.from_numpy(whitening(raw_train)).float()
-    test_x = torch.from_numpy(whitening(raw_test)).float()
-    test_energy = float(test_x.double().pow(2).sum(dim=1).mean())
-    log(progress, f"{train_x.shape[0]} training and {test_x.shape[0]} held-out {size}x{size} patches, "
-                   f"whitened (eps = {whitening.epsilon:.3g}); training on {torch_device}")
-    shown = min(_SAMPLE_PATCHES, raw_train.shape[0])
-    viz.save_filter_grid(np.concatenate([raw_train[:shown], whitening(raw_train[:shown])]), out / "patches.png",
-                         rows=2, cols=shown, tile_shape=tile, scale=4,
-                         title="training patches: grayscale (top), normalized (bottom)")
-
-    record: Dict[str, Any] = {
-        "settings": {
-            **settings,
-            "quick": quick,
-            "seed": seed,
-            "device": str(torch_device),
-            "data": "sklearn.datasets.load_sample_images (china.jpg, flower.jpg)",
-            "normalization": "per-patch mean removal, then ZCA whitening scaled to unit mean pixel variance",
-            "whitening_epsilon_absolute": whitening.epsilon,
-            "whitening_components_above_epsilon": int((whitening.eigenvalues > whitening.epsilon).sum()),
-            "heldout_mean_squared_norm": test_energy,
-            "thresholds": dict(THRESHOLDS),
-            "models": copy.deepcopy(MODELS),
-            "torch": torch.__version__,
-            "pyae": pyae.__version__,
-            "cpu_threads": torch.get_num_threads(),
-            "complete": False,
-        },
-        "references": _reference_summaries(size, seed),
-        "models": {},
-        "claims": {},
-    }
-    ica = _ica_reference(train_x.numpy(), settings["ica_reference"], tile, seed)
+    tile = (settings["patch_size"], settings["patch_size"])
+    data = _prepare_patches(settings, seed, out, progress, torch_device)
+    record = _new_record(settings, quick=quick, seed=seed, device=torch_device, data=data)
+    ica = _ica_reference(data.train_x.numpy(), settings["ica_reference"], tile, seed)
     if ica is not None:
         record["references"]["fastica"] = ica[0]
         viz.save_filter_grid(ica[1], out / "filters_fastica_reference.png", rows=5, tile_shape=tile, scale=3,
@@ -722,36 +687,9 @@ def _run(out_dir: PathLike, *, quick: bool, device: str, seed: int, progress: bo
         log(progress, f"FastICA reference: edge-like {100 * ica[0]['edge_like']:.0f}% of its filters")
     curves: Dict[str, List[float]] = {}
     for index, (name, options) in enumerate(MODELS.items(), start=1):
-        config = TrainConfig(
-            n_hidden=settings["n_hidden"], tied_weights=settings["tied_weights"],
-            decoder_activation=settings["decoder"], loss=settings["loss"], epochs=settings["epochs"],
-            batch_size=settings["batch_size"], lr=settings["lr"], optimizer=settings["optimizer"], seed=seed,
-            device=str(torch_device), **options,
-        )
-        log(progress, f"[{index}/{len(MODELS)}] {name}: {config.n_hidden} hidden units, {config.epochs} epochs")
-        from pyae.training import train
-
-        model, history = train(config, train_x, validation=test_x, progress=progress)
-        measures = filter_measures(model.encoder.weight, tile)
-        entry = {
-            "heldout_error": history["val_reconstruction"][-1],
-            "heldout_relative_error": history["val_reconstruction"][-1] / test_energy,
-            "heldout_error_per_epoch": history["val_reconstruction"],
-            "train_reconstruction": history["reconstruction"][-1],
-            "mean_filter_norm": float(model.encoder.weight.detach().double().norm(dim=1).mean()),
-            "train_seconds": float(sum(history["seconds"])),
-            "filters": summarize_measures(measures),
-            "config": config.to_dict(),
-        }
-        record["models"][name] = entry
-        curves[name] = history["val_reconstruction"]
-        viz.save_filter_grid(model.filters(), out / f"filters_{name}.png", rows=10, tile_shape=tile, scale=3,
-                             title=f"{name}: all {config.n_hidden} filters")
-        summary = entry["filters"]
-        log(progress, f"    held-out error {entry['heldout_error']:.3f} "
-                       f"({100 * entry['heldout_relative_error']:.1f}%); "
-                       f"edge-like {100 * summary['edge_like']:.0f}%, blob-like {100 * summary['blob_like']:.0f}%, "
-                       f"noise-like {100 * summary['noise_like']:.0f}%; trained in {entry['train_seconds']:.1f}s")
+        record["models"][name] = _train_model(name, options, settings, data, seed=seed, device=torch_device,
+                                              out=out, progress=progress, step=f"[{index}/{len(MODELS)}]")
+        curves[name] = record["models"][name]["heldout_error_per_epoch"]
         write_text(out / "results.json", json.dumps(record, indent=2) + "\n")
 
     viz.save_line_plot(curves, out / "heldout_error.png", ylabel="squared error per held-out patch",
@@ -763,6 +701,99 @@ def _run(out_dir: PathLike, *, quick: bool, device: str, seed: int, progress: bo
     write_text(out / "report.md", _report(record))
     log(progress, f"done in {record['settings']['total_seconds']:.0f}s; wrote {out / 'results.json'}")
     return record
+
+
+class _Patches(NamedTuple):
+    """The whitened training and held-out patches of one run."""
+
+    train_x: torch.Tensor
+    test_x: torch.Tensor
+    test_energy: float  # the held-out patches' mean squared norm
+    whitening: Any
+
+
+def _prepare_patches(settings: Mapping[str, Any], seed: int, out: Path, progress: bool,
+                     device: torch.device) -> _Patches:
+    """Cut, whiten and picture the patches."""
+    from pyae import viz
+
+    size = settings["patch_size"]
+    raw_train, raw_test = extract_patches(load_grayscale_images(), settings["n_train"], settings["n_test"],
+                                          patch_size=size, held_out_columns=settings["held_out_columns"], seed=seed)
+    whitening = fit_whitening(raw_train, settings["whitening_epsilon"])
+    train_x = torch.from_numpy(whitening(raw_train)).float()
+    test_x = torch.from_numpy(whitening(raw_test)).float()
+    test_energy = float(test_x.double().pow(2).sum(dim=1).mean())
+    log(progress, f"{train_x.shape[0]} training and {test_x.shape[0]} held-out {size}x{size} patches, "
+                   f"whitened (eps = {whitening.epsilon:.3g}); training on {device}")
+    shown = min(_SAMPLE_PATCHES, raw_train.shape[0])
+    viz.save_filter_grid(np.concatenate([raw_train[:shown], whitening(raw_train[:shown])]), out / "patches.png",
+                         rows=2, cols=shown, tile_shape=(size, size), scale=4,
+                         title="training patches: grayscale (top), normalized (bottom)")
+    return _Patches(train_x, test_x, test_energy, whitening)
+
+
+def _new_record(settings: Mapping[str, Any], *, quick: bool, seed: int, device: torch.device,
+                data: _Patches) -> Dict[str, Any]:
+    """The results.json of a run that has not trained anything yet."""
+    whitening = data.whitening
+    return {
+        "settings": {
+            **settings,
+            "quick": quick,
+            "seed": seed,
+            "device": str(device),
+            "data": "sklearn.datasets.load_sample_images (china.jpg, flower.jpg)",
+            "normalization": "per-patch mean removal, then ZCA whitening scaled to unit mean pixel variance",
+            "whitening_epsilon_absolute": whitening.epsilon,
+            "whitening_components_above_epsilon": int((whitening.eigenvalues > whitening.epsilon).sum()),
+            "heldout_mean_squared_norm": data.test_energy,
+            "thresholds": dict(THRESHOLDS),
+            "models": copy.deepcopy(MODELS),
+            "torch": torch.__version__,
+            "pyae": pyae.__version__,
+            "cpu_threads": torch.get_num_threads(),
+            "complete": False,
+        },
+        "references": _reference_summaries(settings["patch_size"], seed),
+        "models": {},
+        "claims": {},
+    }
+
+
+def _train_model(name: str, options: Mapping[str, Any], settings: Mapping[str, Any], data: _Patches, *,
+                 seed: int, device: torch.device, out: Path, progress: bool, step: str) -> Dict[str, Any]:
+    """Train one autoencoder, measure and picture its filters; its results.json entry."""
+    from pyae import viz
+    from pyae.training import train
+
+    tile = (settings["patch_size"], settings["patch_size"])
+    config = TrainConfig(
+        n_hidden=settings["n_hidden"], tied_weights=settings["tied_weights"],
+        decoder_activation=settings["decoder"], loss=settings["loss"], epochs=settings["epochs"],
+        batch_size=settings["batch_size"], lr=settings["lr"], optimizer=settings["optimizer"], seed=seed,
+        device=str(device), **options,
+    )
+    log(progress, f"{step} {name}: {config.n_hidden} hidden units, {config.epochs} epochs")
+    model, history = train(config, data.train_x, validation=data.test_x, progress=progress)
+    entry = {
+        "heldout_error": history["val_reconstruction"][-1],
+        "heldout_relative_error": history["val_reconstruction"][-1] / data.test_energy,
+        "heldout_error_per_epoch": history["val_reconstruction"],
+        "train_reconstruction": history["reconstruction"][-1],
+        "mean_filter_norm": float(model.encoder.weight.detach().double().norm(dim=1).mean()),
+        "train_seconds": float(sum(history["seconds"])),
+        "filters": summarize_measures(filter_measures(model.encoder.weight, tile)),
+        "config": config.to_dict(),
+    }
+    viz.save_filter_grid(model.filters(), out / f"filters_{name}.png", rows=10, tile_shape=tile, scale=3,
+                         title=f"{name}: all {config.n_hidden} filters")
+    summary = entry["filters"]
+    log(progress, f"    held-out error {entry['heldout_error']:.3f} "
+                   f"({100 * entry['heldout_relative_error']:.1f}%); "
+                   f"edge-like {100 * summary['edge_like']:.0f}%, blob-like {100 * summary['blob_like']:.0f}%, "
+                   f"noise-like {100 * summary['noise_like']:.0f}%; trained in {entry['train_seconds']:.1f}s")
+    return entry
 
 
 # -------------------------------------------------------------------------- report
