@@ -9,6 +9,7 @@ gradient and the foreach optimizer update) costs one graph launch.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from pyae.validation import check_choice, check_generator
 
-__all__ = ["TrainStep", "optimizer_step", "make_grad_scaler"]
+__all__ = ["TrainStep", "optimizer_step", "make_grad_scaler", "mixed_precision_context"]
 
 
 class _CapturedStep:
@@ -98,7 +99,7 @@ class TrainStep:
         self.model, self.optimizer, self.capture, self.warmup_steps = model, optimizer, bool(capture), warmup_steps
         self.generator = generator
         self.device_type = parameter.device.type if parameter is not None else "cpu"
-        self.autocast_dtype = None if mixed_precision is None else getattr(torch, mixed_precision)
+        self.mixed_precision = mixed_precision
         self.grad_scaler = make_grad_scaler(self.device_type) if mixed_precision == "float16" else None
         self.last_output: Any = None
         self._captured: Dict[Tuple, _CapturedStep] = {}
@@ -107,8 +108,7 @@ class TrainStep:
 
     def _forward(self, x: Tensor):
         # No autocast cast cache under capture: a graph must cast the weights it replays with.
-        with torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None,
-                            cache_enabled=not self.capture):
+        with mixed_precision_context(self.device_type, self.mixed_precision, cache_enabled=not self.capture):
             return self.model(x) if self.generator is None else self.model(x, generator=self.generator)
 
     def _eager_step(self, x: Tensor) -> Tensor:
@@ -160,6 +160,14 @@ class TrainStep:
         # The capture recorded the step without running it; run it once for this input.
         graph.replay()
         return _CapturedStep(graph, static_input, static_output)
+
+
+def mixed_precision_context(device_type: str, mixed_precision: Optional[str], *, cache_enabled: bool = True):
+    """``torch.autocast`` in ``mixed_precision`` (``"bfloat16"``/``"float16"``), or no context at
+    all for None (entering a disabled autocast still costs host time in every step)."""
+    if mixed_precision is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=getattr(torch, mixed_precision), cache_enabled=cache_enabled)
 
 
 def make_grad_scaler(device_type: str) -> torch.amp.GradScaler:

@@ -44,7 +44,7 @@ from pyae.checkpoint import (
 )
 from pyae.config import RESUMABLE_FIELDS, TrainConfig, build_model, build_optimizer, resolve_device
 from pyae.modules import Autoencoder, AutoencoderOutput
-from pyae.step import TrainStep, make_grad_scaler, optimizer_step
+from pyae.step import TrainStep, make_grad_scaler, mixed_precision_context, optimizer_step
 
 __all__ = ["train"]
 
@@ -348,8 +348,7 @@ class _Run:
             return {}
         self.model.eval()
         sums = _TermSums()
-        autocast_dtype = None if self.config.mixed_precision is None else getattr(torch, self.config.mixed_precision)
-        with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with mixed_precision_context(self.device.type, self.config.mixed_precision):
             for chunk in self.validation.split(_VALIDATION_CHUNK):
                 sums.add(self.model(chunk), chunk.shape[0])
         self.model.train()
@@ -409,12 +408,11 @@ def _step_function(config: TrainConfig, model: Autoencoder, optimizer: torch.opt
             model, device_ids=[model.encoder.weight.device.index] if model.encoder.weight.is_cuda else None
         )
     device_type = model.encoder.weight.device.type
-    autocast_dtype = None if mixed_precision is None else getattr(torch, mixed_precision)
     grad_scaler = make_grad_scaler(device_type) if mixed_precision == "float16" else None
 
     def eager_step(batch: Tensor, share: float) -> AutoencoderOutput:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with mixed_precision_context(device_type, mixed_precision):
             output = trainer(batch, generator=noise)
         loss = output.loss if ranks is None else distributed.rank_loss(output, model, share)
         optimizer_step(loss, optimizer, grad_scaler)
