@@ -263,7 +263,15 @@ def build(peer, model, x, whole_step=False):
     """The peer's step; with whole_step, each includes the optimizer's update (SGD with
     momentum, make_optimizer), as the graph peers always do."""
     params = parameters_of(model)
-    optimizer = make_optimizer(params) if whole_step else None
+    optimizer = None
+    if whole_step:
+        if peer.startswith("pyae") and model.weight_decay > 0:
+            # As pyae.training.train does: the optimizer applies the weight decay's gradient
+            # (Autoencoder.parameter_groups), the loss keeps the term's value.
+            model.optimizer_applies_weight_decay = True
+            optimizer = make_optimizer(model.parameter_groups())
+        else:
+            optimizer = make_optimizer(params)
     if peer == "gemm":
         return gemm_step(x, params)
     if peer == "plain":

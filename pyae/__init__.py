@@ -3,7 +3,8 @@
 Fused CPU and CUDA kernels compute the sigmoid encoder together with the closed-form
 contractive penalty and the sparsity statistics (``pyae.ops``, ``pyae.functional``); thin
 modules build the plain, denoising, sparse and contractive autoencoders on them
-(``pyae.modules``), and ``pyae.TrainStep`` runs a whole training step, on a GPU as one
+(``pyae.modules``), ``pyae.stacked`` stacks them (greedy layer-wise pretraining, then
+supervised fine-tuning), and ``pyae.TrainStep`` runs a whole training step, on a GPU as one
 captured CUDA graph. ``pyae.config``, ``pyae.training`` and ``pyae.checkpoint`` are the
 resumable training loop, ``pyae.distributed`` its multi-process support, ``pyae.data`` reads
 MNIST (a subset ships with the package), ``pyae.viz`` draws filters, and the ``pyae`` command
@@ -20,6 +21,8 @@ from pyae.modules import (
 )
 from pyae.ops import EncoderOutput, ReconstructionOutput, has_cuda_kernels
 from pyae.step import TrainStep
+from pyae import stacked
+from pyae.stacked import StackedAutoencoder, StackedClassifier, finetune, pretrain
 
 __version__ = "0.1.0"
 
@@ -35,5 +38,10 @@ __all__ = [
     "functional",
     "ops",
     "has_cuda_kernels",
+    "StackedAutoencoder",
+    "StackedClassifier",
+    "pretrain",
+    "finetune",
+    "stacked",
     "__version__",
 ]

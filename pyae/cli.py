@@ -1,4 +1,5 @@
-"""The ``pyae`` command: ``train``, ``encode``, ``filters`` and ``experiment``.
+"""The ``pyae`` command: ``train``, ``encode``, ``filters``, ``experiment`` and ``stack``
+(``stack pretrain``, ``stack finetune``).
 
 Every failure that comes from the user's input (an unknown option, a value the library
 rejects, a missing or corrupt checkpoint, a bad data directory, a CUDA device that is not
@@ -28,6 +29,7 @@ from pyae._atomic import atomic_write
 from pyae.checkpoint import load_checkpoint, model_from_checkpoint
 from pyae.config import DTYPES, MIXED_PRECISION, OPTIMIZERS, RESUMABLE_FIELDS, TrainConfig, resolve_device
 from pyae.data import apply_minmax, load_examples, load_mnist, minmax_range, random_subset
+from pyae.experiments._common import torch_threads
 from pyae.training import train
 from pyae.validation import DECODER_ACTIVATIONS, RECONSTRUCTION_LOSSES
 
@@ -43,7 +45,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # the same data).
 _DATA_SETTINGS = ("data", "data_key", "limit", "val", "scale")
 # The modules of pyae.experiments that `pyae experiment NAME` runs.
-EXPERIMENTS = ("mnist", "contractive", "patches")
+EXPERIMENTS = ("mnist", "selection", "contractive", "patches", "deep")
 _CONFIG_FIELDS = frozenset(TrainConfig.__dataclass_fields__)
 
 
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters_parser(commands)
     _add_encode_parser(commands)
     _add_experiment_parser(commands, shared)
+    _add_stack_parser(commands, shared)
     return parser
 
 
@@ -270,8 +273,11 @@ def _add_experiment_parser(commands, shared: argparse.ArgumentParser) -> None:
             "--out. mnist (the default): train the plain, denoising, sparse and contractive autoencoders "
             "on the 5,000 training digits, fit a logistic regression on each hidden representation and "
             "report its accuracy on the 10,000 test digits, next to raw pixels, with measures of the "
-            "filters. contractive: the contractive autoencoder's sensitivity along and across the data "
-            "(seconds). patches: denoising on natural image patches (minutes)."
+            "filters. selection: choose the mnist models' hidden units, epochs and regularizer strengths on "
+            "validation digits held out of the training digits (under an hour on 2 CPU cores; rerun with the "
+            "same --out to continue an interrupted search). contractive: the contractive autoencoder's "
+            "sensitivity along and across the data (seconds). patches: denoising on natural image patches "
+            "(minutes). deep: stacked denoising autoencoders, pretrained and fine-tuned."
         ),
     )
     experiment.add_argument("name", nargs="?", choices=EXPERIMENTS, default="mnist", metavar="NAME",
@@ -281,6 +287,148 @@ def _add_experiment_parser(commands, shared: argparse.ArgumentParser) -> None:
     # The shared options' defaults are read in _cmd_experiment: set_defaults here would change
     # the actions train shares, whose default must stay SUPPRESS.
     experiment.set_defaults(handler=_cmd_experiment)
+
+
+# The stack command's files: in the pretraining directory, stack.json and layer{k}.pt (one
+# pyae.training checkpoint per layer); in the fine-tuning directory, finetune.pt and finetune.json.
+STACK_FILE = "stack.json"
+FINETUNE_CHECKPOINT = "finetune.pt"
+FINETUNE_FILE = "finetune.json"
+# The settings of `pyae stack pretrain` and `pyae stack finetune` (what their options set
+# when left out), stored in stack.json / finetune.json: a resumed stage reuses them.
+_PRETRAIN_DEFAULTS: Dict[str, Any] = {
+    "sizes": [500, 500], "noise": "mask", "noise_levels": [0.25], "loss": "cross_entropy", "epochs": 10,
+    "batch_size": 20, "lr": 0.01, "optimizer": "sgd", "momentum": 0.9, "data": None, "limit": None,
+    "val_fraction": 0.2, "seed": 0, "device": "auto",
+}
+_FINETUNE_DEFAULTS: Dict[str, Any] = {
+    "pretrained": None, "epochs": 50, "batch_size": 20, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9,
+    "patience": 10, "monitor": "accuracy", "contractive_weight": 0.0, "sparsity_weight": 0.0, "seed": 0,
+    "device": "auto",
+}
+# What a resumed stage may change.
+_PRETRAIN_RESUMABLE = ("device",)
+_FINETUNE_RESUMABLE = ("epochs", "patience", "device")
+
+
+def _int_list(text: str):
+    """An argparse type: comma-separated positive integers."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _float_list(text: str):
+    """An argparse type: comma-separated finite numbers."""
+    try:
+        return [_finite_float(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _add_stack_parser(commands, shared: argparse.ArgumentParser) -> None:
+    stack = commands.add_parser(
+        "stack",
+        allow_abbrev=False,
+        help="stacked denoising autoencoders: greedy layer-wise pretraining, then supervised fine-tuning",
+        description=(
+            "Two stages. 'pyae stack pretrain --out DIR' trains the layers of a stacked (denoising) "
+            "autoencoder one after the other on the MNIST training digits, each on the codes of the "
+            "layers below (DIR/layer0.pt, layer1.pt, ...: checkpointed every epoch, --resume continues). "
+            "'pyae stack finetune --out DIR' then puts a softmax layer on top and trains the whole network "
+            "on the digits' labels, with early stopping on the held-out digits (DIR/finetune.pt, "
+            "finetune.json). Ctrl-C keeps the last epoch; --resume continues bitwise-reproducibly."
+        ),
+    )
+    stages = stack.add_subparsers(dest="stage", metavar="STAGE", parser_class=_Parser)
+    stages.required = True
+    _add_stack_pretrain_parser(stages, shared)
+    _add_stack_finetune_parser(stages, shared)
+
+
+def _add_stack_pretrain_parser(stages, shared: argparse.ArgumentParser) -> None:
+    d = _PRETRAIN_DEFAULTS
+    pretrain = stages.add_parser(
+        "pretrain",
+        parents=[shared],
+        allow_abbrev=False,
+        help="train the layers one after the other (greedy layer-wise pretraining)",
+        description=(
+            "Greedy layer-wise pretraining on the MNIST training digits (the embedded 5,000 unless --data "
+            "names an MNIST directory): layer k is a denoising autoencoder trained on the clean codes of "
+            f"layers 0..k-1. Writes DIR/layer<k>.pt (every epoch) and DIR/{STACK_FILE}. A random --val-fraction "
+            "of the digits is held out: never pretrained on, it is the validation set of "
+            "'pyae stack finetune'. Options left out take the defaults shown (with --resume: the stored ones)."
+        ),
+    )
+    pretrain.add_argument("--resume", action="store_true",
+                          help=f"continue the run in DIR ({STACK_FILE}): completed layers are loaded, a partly "
+                               "trained one continues; only --device may change")
+    model = pretrain.add_argument_group("layers")
+    _option(model, "--sizes", type=_int_list, metavar="K1,K2,...",
+            help=f"hidden units of each layer, bottom first (default {','.join(map(str, d['sizes']))})")
+    _option(model, "--noise", type=_noise, metavar="{none,mask,gaussian}",
+            help=f"every layer's denoising corruption (default {d['noise']})")
+    _option(model, "--noise-levels", type=_float_list, metavar="Q1,Q2,...",
+            help="the noise level of every layer, or one per layer: masking probability q or Gaussian std "
+                 f"(default {d['noise_levels'][0]:g})")
+    _option(model, "--loss", choices=RECONSTRUCTION_LOSSES, help=f"reconstruction loss (default {d['loss']})")
+    optimization = pretrain.add_argument_group("optimization (every layer)")
+    _option(optimization, "--epochs", type=_positive_int, help=f"epochs per layer (default {d['epochs']})")
+    _option(optimization, "--batch-size", type=_positive_int, help=f"examples per step (default {d['batch_size']})")
+    _option(optimization, "--lr", type=_finite_float, help=f"learning rate (default {d['lr']:g})")
+    _option(optimization, "--optimizer", choices=OPTIMIZERS, help=f"optimizer (default {d['optimizer']})")
+    _option(optimization, "--momentum", type=_finite_float, help=f"SGD momentum (default {d['momentum']:g})")
+    data = pretrain.add_argument_group("data")
+    _option(data, "--limit", type=_positive_int, metavar="N",
+            help="use a random subset of N training digits (drawn with --seed)")
+    _option(data, "--val-fraction", type=_finite_float, metavar="F",
+            help=f"hold out this fraction of the digits for validation (default {d['val_fraction']:g})")
+    pretrain.set_defaults(handler=_cmd_stack_pretrain, parser=pretrain)
+
+
+def _add_stack_finetune_parser(stages, shared: argparse.ArgumentParser) -> None:
+    d = _FINETUNE_DEFAULTS
+    finetune = stages.add_parser(
+        "finetune",
+        parents=[shared],
+        allow_abbrev=False,
+        help="put a softmax layer on a pretrained stack and train the whole network on labels",
+        description=(
+            "Supervised fine-tuning of a stack pretrained by 'pyae stack pretrain': a softmax layer on top, "
+            "every layer trained on the labels of the same training digits, early stopping on the digits "
+            f"pretraining held out. Writes DIR/{FINETUNE_CHECKPOINT} (every epoch) and DIR/{FINETUNE_FILE}; "
+            "DIR may be the pretraining directory. --data and --seed of pretraining decide the digits."
+        ),
+    )
+    finetune.add_argument("--resume", action="store_true",
+                          help=f"continue the run in DIR/{FINETUNE_CHECKPOINT}; only --epochs, --patience, "
+                               "--device may change")
+    finetune.add_argument("--test", action="store_true",
+                          help="also measure the accuracy on the 10,000 test digits (do not choose settings by it)")
+    _option(finetune, "--pretrained", metavar="DIR",
+            help="the directory of 'pyae stack pretrain' (default: --out)")
+    optimization = finetune.add_argument_group("optimization")
+    _option(optimization, "--epochs", type=_positive_int, help=f"most passes over the digits (default {d['epochs']})")
+    _option(optimization, "--batch-size", type=_positive_int, help=f"examples per step (default {d['batch_size']})")
+    _option(optimization, "--lr", type=_finite_float, help=f"learning rate (default {d['lr']:g})")
+    _option(optimization, "--optimizer", choices=OPTIMIZERS, help=f"optimizer (default {d['optimizer']})")
+    _option(optimization, "--momentum", type=_finite_float, help=f"SGD momentum (default {d['momentum']:g})")
+    _option(optimization, "--patience", type=_positive_int, metavar="EPOCHS",
+            help=f"stop when the validation {d['monitor']} has not improved for this many epochs and keep "
+                 f"the best epoch (default {d['patience']}; needs held-out digits)")
+    _option(optimization, "--monitor", choices=("accuracy", "loss"),
+            help=f"the validation metric that picks the best epoch (default {d['monitor']})")
+    _option(optimization, "--contractive-weight", type=_finite_float, metavar="LAMBDA",
+            help="keep every layer's contractive penalty with this weight (default 0)")
+    _option(optimization, "--sparsity-weight", type=_finite_float, metavar="BETA",
+            help="keep every layer's KL sparsity penalty with this weight (needs layers with a sparsity "
+                 "target; default 0)")
+    finetune.set_defaults(handler=_cmd_stack_finetune, parser=finetune)
 
 
 def _config_actions(parser: argparse.ArgumentParser):
@@ -589,7 +737,7 @@ def _cmd_experiment(args) -> int:
         raise CLIError(f"argument --device: {err}") from err
     options = dict(quick=args.quick, device=device, seed=seed, progress=not args.quiet, num_threads=args.threads)
     if data is not None:
-        if args.name != "mnist":
+        if args.name not in ("mnist", "selection"):
             raise CLIError(f"argument --data: the {args.name} experiment makes its own data")
         if not os.path.isdir(data):
             raise CLIError(f"argument --data: {data!r} is not a directory")
@@ -599,6 +747,272 @@ def _cmd_experiment(args) -> int:
     results = experiment.run_experiment(out, **options)
     print(experiment.format_table(results))
     print(f"\nwrote {out / 'results.json'} and {out / 'report.md'}")
+    return EXIT_OK
+
+
+def _stack_settings(args, defaults: Dict[str, Any], stored: Optional[Dict[str, Any]],
+                    resumable: Sequence[str]) -> Dict[str, Any]:
+    """The settings of a stack stage: the options given over the defaults, or, resuming,
+    over the stored settings (only ``resumable`` ones may differ)."""
+    given = {name: getattr(args, name) for name in defaults if hasattr(args, name)}
+    if stored is None:
+        return {**defaults, **given}
+    for name, value in given.items():
+        if name not in resumable and value != stored.get(name):
+            allowed = ", ".join("--" + n.replace("_", "-") for n in resumable)
+            raise CLIError(
+                f"argument --{name.replace('_', '-')}: {value!r} differs from the stored {stored.get(name)!r}; "
+                f"a resumed run keeps its settings (only {allowed} may change)"
+            )
+    return {**defaults, **stored, **{k: v for k, v in given.items() if k in resumable}}
+
+
+def _read_json(path: Path, what: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CLIError(f"there is no {what} at {str(path)!r}") from None
+    except (OSError, ValueError) as err:
+        raise CLIError(f"{str(path)!r} is not a readable {what}: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
+        raise CLIError(f"{str(path)!r} is not a {what} (no settings)")
+    return data
+
+
+def _write_json(path: Path, data: Dict[str, Any]) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+_STACK_OPTION_NAMES = {
+    "layer_sizes": "--sizes", "n_hidden": "--sizes", "noise_level": "--noise-levels", "noise": "--noise",
+    "loss": "--loss", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "optimizer": "--optimizer",
+    "momentum": "--momentum", "patience": "--patience", "contractive_weight": "--contractive-weight",
+    "sparsity_weight": "--sparsity-weight", "val_fraction": "--val-fraction", "seed": "--seed",
+}
+
+
+def _word_stack_error(err: Exception) -> str:
+    """Name the command-line option in a library's validation message."""
+    message = str(err)
+    for word in re.findall(r"\w+", message):
+        if word in _STACK_OPTION_NAMES:
+            return f"argument {_STACK_OPTION_NAMES[word]}: {message}"
+    return message
+
+
+def _stack_data(settings: Dict[str, Any]):
+    """(training digits, their labels, held-out digits or None, their labels or None) as the
+    pretraining settings say: the MNIST training split (embedded, or --data), a random subset of
+    --limit digits, --val-fraction of them held out, both drawn with --seed."""
+    root = settings["data"]
+    if root is not None and not os.path.isdir(root):
+        raise CLIError(f"argument --data: {root!r} is not an MNIST directory (the stack needs the labels)")
+    try:
+        images, labels = load_mnist(root, "train")
+    except (OSError, ValueError) as err:
+        raise CLIError(f"argument --data: {err}") from err
+    generator = torch.Generator().manual_seed(settings["seed"])
+    images, labels = random_subset(settings["limit"], images, labels, generator=generator)
+    fraction = settings["val_fraction"]
+    if not 0.0 <= fraction < 1.0:
+        raise CLIError(f"argument --val-fraction: must lie in [0, 1), got {fraction}")
+    held_out = round(images.shape[0] * fraction)
+    if fraction > 0.0 and not 1 <= held_out < images.shape[0]:
+        raise CLIError(f"argument --val-fraction: {fraction} of {images.shape[0]} digits leaves no "
+                       f"{'validation' if held_out < 1 else 'training'} digits")
+    if held_out == 0:
+        return images, labels, None, None
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(settings["seed"]))
+    keep, out = order[held_out:].sort().values, order[:held_out].sort().values
+    return images[keep], labels[keep], images[out], labels[out]
+
+
+def _stack_device(settings: Dict[str, Any]) -> torch.device:
+    try:
+        return resolve_device(settings["device"])
+    except ValueError as err:
+        raise CLIError(f"argument --device: {err}") from err
+
+
+
+
+def _build_stack(settings: Dict[str, Any], n_inputs: int):
+    """The stack the pretraining settings describe and its layers' TrainConfigs."""
+    from pyae.stacked import StackedAutoencoder, layer_configs
+
+    sizes, levels = settings["sizes"], settings["noise_levels"]
+    if len(levels) not in (1, len(sizes)):
+        raise CLIError(f"argument --noise-levels: give one level or one per layer ({len(sizes)}), got {len(levels)}")
+    levels = levels * len(sizes) if len(levels) == 1 else levels
+    noise = settings["noise"]
+    options = [{"noise": noise, "noise_level": level if noise is not None else 0.0, "loss": settings["loss"]}
+               for level in levels]
+    try:
+        stack = StackedAutoencoder(n_inputs, sizes, options)
+        configs = layer_configs(stack, epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"],
+                                optimizer=settings["optimizer"], momentum=settings["momentum"], seed=settings["seed"],
+                                device=settings["device"])
+    except (TypeError, ValueError) as err:
+        raise CLIError(_word_stack_error(err)) from err
+    return stack, configs
+
+
+def _cmd_stack_pretrain(args) -> int:
+    from pyae.stacked import pretrain
+
+    out = Path(args.out)
+    _check_out_dir(out)
+    stack_file = out / STACK_FILE
+    if args.resume:
+        stored = _read_json(stack_file, "pretraining record ('pyae stack pretrain' writes it)")["settings"]
+        settings = _stack_settings(args, _PRETRAIN_DEFAULTS, stored, _PRETRAIN_RESUMABLE)
+    else:
+        if stack_file.exists() or (out / "layer0.pt").exists():
+            raise CLIError(f"{str(out)!r} already holds a pretraining run: pass --resume to continue it, "
+                           "or choose another --out")
+        settings = _stack_settings(args, _PRETRAIN_DEFAULTS, None, _PRETRAIN_RESUMABLE)
+    device = _stack_device(settings)
+    images, _, validation, _ = _stack_data(settings)
+    stack, configs = _build_stack(settings, images.shape[1])
+    stack.to(device)
+    record = {"format": "pyae.stack", "settings": settings, "n_inputs": stack.n_inputs,
+              "layer_sizes": list(stack.layer_sizes), "layer_options": stack.layer_options(), "complete": False,
+              "n_train": int(images.shape[0]), "n_validation": 0 if validation is None else int(validation.shape[0])}
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(stack_file, record)
+    quiet = args.quiet
+    if not quiet:
+        print(f"pretraining {len(configs)} layers {list(stack.layer_sizes)} on {images.shape[0]} digits on {device}; "
+              f"checkpoints: {out}/layer<k>.pt", file=sys.stderr)
+    with torch_threads(args.threads):
+        try:
+            histories = pretrain(stack, images, configs, validation=validation, checkpoint_dir=out,
+                                 resume=args.resume, progress=not quiet)
+        except KeyboardInterrupt:
+            print(f"pyae: interrupted; the completed layers and the last epoch's checkpoint are kept in {out}.\n"
+                  f"resume with: pyae stack pretrain --out {shlex.quote(str(out))} --resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    record["complete"] = True
+    record["layers"] = [{"epochs": history["epoch"][-1] if history["epoch"] else 0,
+                         "final_loss": history["loss"][-1] if history.get("loss") else None,
+                         "final_val_loss": history["val_loss"][-1] if history.get("val_loss") else None,
+                         "seconds": float(sum(history.get("seconds", [])))} for history in histories]
+    _write_json(stack_file, record)
+    written = [str(stack_file)] + [str(out / f"layer{k}.pt") for k in range(stack.n_layers)]
+    try:
+        written += _save_stack_pictures(stack, out)
+    except ImportError:
+        pass  # matplotlib is optional
+    for k, layer in enumerate(record["layers"]):
+        print(f"layer {k}: {layer['epochs']} epochs ({layer['seconds']:.1f}s), final loss {layer['final_loss']:.4g}")
+    print("wrote " + ", ".join(written))
+    return EXIT_OK
+
+
+def _save_stack_pictures(stack, out: Path):
+    """The first layer's filters and the top layer's unit filters (square inputs only)."""
+    from pyae.viz import save_filter_grid
+
+    side = math.isqrt(stack.n_inputs)
+    if side * side != stack.n_inputs:
+        return []
+    written = []
+    for k in sorted({0, stack.n_layers - 1}):
+        path = out / f"filters_layer{k}.png"
+        units = stack.unit_filters(k)[:100]
+        title = (f"layer {k}: filters" if k == 0 else f"layer {k}: unit filters (product of the encoder weights)")
+        save_filter_grid(units, path, rows=math.ceil(units.shape[0] / 10), cols=min(10, units.shape[0]),
+                         tile_shape=(side, side), title=title)
+        written.append(str(path))
+    return written
+
+
+def _load_pretrained_stack(directory: Path, device: torch.device):
+    """(the pretrained stack, its record) from a 'pyae stack pretrain' directory."""
+    from pyae.stacked import StackedAutoencoder
+
+    record = _read_json(directory / STACK_FILE, "pretraining record ('pyae stack pretrain' writes it)")
+    if not record.get("complete"):
+        raise CLIError(f"argument --pretrained: the pretraining in {str(directory)!r} is not complete; finish it "
+                       f"with: pyae stack pretrain --out {shlex.quote(str(directory))} --resume")
+    try:
+        stack = StackedAutoencoder(record["n_inputs"], record["layer_sizes"], record["layer_options"])
+        for k, layer in enumerate(stack.layers):
+            layer.load_state_dict(model_from_checkpoint(directory / f"layer{k}.pt").state_dict())
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise CLIError(f"argument --pretrained: {str(directory)!r} does not hold a consistent stack: {err}") from err
+    return stack.to(device), record
+
+
+def _cmd_stack_finetune(args) -> int:
+    from pyae.stacked import StackedClassifier, finetune
+
+    out = Path(args.out)
+    _check_out_dir(out)
+    if hasattr(args, "data"):
+        raise CLIError("argument --data: fine-tuning uses the digits of its pretraining (give --data to "
+                       "'pyae stack pretrain')")
+    checkpoint_path, record_path = out / FINETUNE_CHECKPOINT, out / FINETUNE_FILE
+    if args.resume:
+        if not checkpoint_path.exists():
+            raise CLIError(f"--resume: there is no checkpoint at {str(checkpoint_path)!r} (start without --resume)")
+        stored = _read_json(record_path, "fine-tuning record ('pyae stack finetune' writes it)")["settings"]
+        settings = _stack_settings(args, _FINETUNE_DEFAULTS, stored, _FINETUNE_RESUMABLE)
+    else:
+        if checkpoint_path.exists():
+            raise CLIError(f"{str(checkpoint_path)!r} already exists: pass --resume to continue that run, "
+                           "or choose another --out")
+        settings = _stack_settings(args, _FINETUNE_DEFAULTS, None, _FINETUNE_RESUMABLE)
+        settings["pretrained"] = settings["pretrained"] or str(out)
+    device = _stack_device(settings)
+    stack, stack_record = _load_pretrained_stack(Path(settings["pretrained"]), device)
+    images, labels, val_images, val_labels = _stack_data(stack_record["settings"])
+    if val_images is None:
+        if hasattr(args, "patience"):
+            raise CLIError("argument --patience: needs held-out digits: pretrain with --val-fraction > 0")
+        settings["patience"] = None
+    classifier = StackedClassifier(stack, n_classes=10)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(record_path, {"format": "pyae.finetune", "settings": settings, "complete": False})
+    if not args.quiet:
+        print(f"fine-tuning {[stack.n_inputs, *stack.layer_sizes, 10]} on {images.shape[0]} digits on {device}, "
+              f"validation on {0 if val_images is None else val_images.shape[0]}; checkpoints: {checkpoint_path}",
+              file=sys.stderr)
+    options = {k: settings[k] for k in ("epochs", "batch_size", "lr", "optimizer", "momentum", "patience", "monitor",
+                                        "contractive_weight", "sparsity_weight", "seed")}
+    with torch_threads(args.threads):
+        try:
+            history = finetune(classifier, images, labels,
+                               validation=None if val_images is None else (val_images, val_labels),
+                               checkpoint_path=checkpoint_path, resume=args.resume, progress=not args.quiet,
+                               **options)
+        except KeyboardInterrupt:
+            print(f"pyae: interrupted; the last epoch's checkpoint is {checkpoint_path}.\n"
+                  f"resume with: pyae stack finetune --out {shlex.quote(str(out))} --resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except (TypeError, ValueError) as err:
+            raise CLIError(_word_stack_error(err)) from err
+        best = history["best_epoch"]
+        result = {"format": "pyae.finetune", "settings": settings, "complete": True, "best_epoch": best,
+                  "stopped_early": history["stopped_early"],
+                  "val_accuracy": history["val_accuracy"][best - 1] if "val_accuracy" in history else None,
+                  "train_accuracy": classifier.accuracy(images, labels),
+                  "history": {k: v for k, v in history.items() if isinstance(v, list)}}
+        if args.test:
+            test_images, test_labels = load_mnist(None, "test") if stack_record["settings"]["data"] is None \
+                else load_mnist(stack_record["settings"]["data"], "test")
+            result["test_accuracy"] = classifier.accuracy(test_images, test_labels)
+    _write_json(record_path, result)
+    summary = f"fine-tuned {len(history['epoch'])} epochs ({sum(history['seconds']):.1f}s); best epoch {best}"
+    if result["val_accuracy"] is not None:
+        summary += f": validation accuracy {100 * result['val_accuracy']:.2f}%"
+    if "test_accuracy" in result:
+        summary += f", test accuracy {100 * result['test_accuracy']:.2f}%"
+    print(summary)
+    print(f"wrote {checkpoint_path}, {record_path}")
     return EXIT_OK
 
 

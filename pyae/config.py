@@ -239,10 +239,21 @@ def build_model(config: TrainConfig, n_inputs: int, *, device=None) -> Autoencod
     return model.to(device=device, dtype=config.torch_dtype)
 
 
-def build_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
-    """The optimizer that ``config`` names (torch's default implementation, foreach where the
-    device has it). Weight decay lives in the model's loss (the lecture's ``lambda * W`` on
-    weight matrices only), never in the optimizer."""
+def build_optimizer(config: TrainConfig, model: Autoencoder) -> torch.optim.Optimizer:
+    """The optimizer that ``config`` names for ``model`` (torch's default implementation,
+    foreach where the device has it).
+
+    With ``config.weight_decay > 0`` the optimizer applies the weight decay's gradient, the
+    lecture's ``lambda * W`` on the weight matrices only (:meth:`pyae.Autoencoder.parameter_groups`),
+    and ``model.optimizer_applies_weight_decay`` is set: the loss keeps the term's value, and
+    the update adds its gradient in the pass it makes anyway.
+    """
+    if not isinstance(model, Autoencoder):
+        raise TypeError(f"model must be a pyae.Autoencoder, got {type(model).__name__}")
+    parameters = model.parameters()
+    if config.weight_decay > 0.0:
+        model.optimizer_applies_weight_decay = True
+        parameters = model.parameter_groups()
     if config.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum)
     # A captured step needs Adam's step counter on the device.

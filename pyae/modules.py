@@ -7,7 +7,7 @@ contractive statistics come out of the encoder pass itself at almost no extra co
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +124,12 @@ class Autoencoder(nn.Module):
         # process's batch is the whole batch. Set by pyae.distributed.convert_sync_sparsity.
         self.statistics_group = None
 
+        # Whether the optimizer adds the weight decay's gradient, lambda * W (torch's
+        # ``weight_decay`` on the weight matrices: :meth:`parameter_groups`). The loss then holds
+        # the term's value without a gradient, which saves the term's passes over the weights in
+        # the backward (at small batches a step is bound by such passes).
+        self.optimizer_applies_weight_decay: bool = False
+
         factory = {"device": device, "dtype": dtype}
         self.encoder = nn.Linear(n_inputs, n_hidden, **factory)
         if tied_weights:
@@ -142,6 +148,28 @@ class Autoencoder(nn.Module):
     def weight_matrices(self):
         """The parameters that weight decay applies to (the weight matrices, never biases)."""
         return (self.encoder.weight,) if self.tied_weights else (self.encoder.weight, self.decoder.weight)
+
+    def parameter_groups(self) -> List[Dict[str, Any]]:
+        """The parameters as optimizer groups for weight decay applied by the optimizer.
+
+        The weight matrices (:meth:`weight_matrices`) with ``weight_decay=self.weight_decay``,
+        the biases with ``0``. torch's SGD and Adam (not AdamW) add ``weight_decay * W`` to a
+        parameter's gradient before their update: the gradient of the loss's term
+        ``weight_decay * (1/2) ||W||^2``, added in the same pass as the update (one pass over
+        each weight matrix fewer than the term's own backward, and no new gradient tensor). Set
+        :attr:`optimizer_applies_weight_decay` with it, or the gradient is added twice::
+
+            model.optimizer_applies_weight_decay = True
+            optimizer = torch.optim.SGD(model.parameter_groups(), lr=0.01, momentum=0.9)
+
+        The loss and its ``terms`` keep the same values; ``loss.backward()`` then leaves the
+        term's share out of the weights' ``.grad``. :func:`pyae.training.train` does this.
+        """
+        matrices = {id(p) for p in self.weight_matrices()}
+        return [
+            {"params": list(self.weight_matrices()), "weight_decay": self.weight_decay},
+            {"params": [p for p in self.parameters() if id(p) not in matrices], "weight_decay": 0.0},
+        ]
 
     def extra_repr(self) -> str:
         parts = [f"n_inputs={self.n_inputs}", f"n_hidden={self.n_hidden}",
@@ -225,7 +253,8 @@ class Autoencoder(nn.Module):
         terms = {"reconstruction": reconstruction_term}
         loss = reconstruction_term
         if self.weight_decay > 0.0:
-            terms["weight_decay"] = PF.weight_decay(self.weight_matrices())
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.optimizer_applies_weight_decay):
+                terms["weight_decay"] = PF.weight_decay(self.weight_matrices())
             loss = torch.add(loss, terms["weight_decay"], alpha=self.weight_decay)
         if self.sparsity_target is not None:
             mean_activation = global_mean_activation(encoded.mean_activation, x.shape[0], self.statistics_group)

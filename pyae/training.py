@@ -160,6 +160,29 @@ def train(
     return run.model, run.history
 
 
+def _regrouped(state: Mapping[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Mapping[str, Any]:
+    """An optimizer state stored with one parameter group, as pyae 0.1.0 wrote it for weight
+    decay in the loss, rearranged into ``optimizer``'s groups (weight decay by the optimizer:
+    :func:`pyae.config.build_optimizer`), so that such a run resumes. Other states as they are."""
+    stored = state["param_groups"]
+    if len(stored) != 1 or len(optimizer.param_groups) == 1:
+        return state
+    model = getattr(model, "module", model)  # under DistributedDataParallel
+    # One group held every parameter in the model's order.
+    old_index = {id(p): stored[0]["params"][i] for i, p in enumerate(model.parameters())}
+    groups, per_parameter, index = [], {}, 0
+    for group in optimizer.param_groups:
+        indices = []
+        for parameter in group["params"]:
+            old = old_index[id(parameter)]
+            if old in state["state"]:
+                per_parameter[index] = state["state"][old]
+            indices.append(index)
+            index += 1
+        groups.append({**stored[0], "params": indices, "weight_decay": group["weight_decay"]})
+    return {"state": per_parameter, "param_groups": groups}
+
+
 def _check_images(images, config: TrainConfig, name: str = "images") -> None:
     if not isinstance(images, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
@@ -260,7 +283,7 @@ class _Run:
         if config.cuda_graph and ranks is not None:
             raise ValueError("cuda_graph=True trains in one process; under torch.distributed leave it off")
         model = build_model(config, images.shape[1], device=device)
-        optimizer = build_optimizer(config, model.parameters())
+        optimizer = build_optimizer(config, model)
         # Every rank draws the same order (the same seed); the noise differs from rank to rank.
         generators = {"shuffle": torch.Generator(device=device), "noise": torch.Generator(device=device)}
         _seed_generators(generators, config.seed, epoch=0, rank=ranks.rank if ranks else 0)
@@ -281,7 +304,7 @@ class _Run:
     def _restore(self, checkpoint: Checkpoint) -> None:
         try:
             self.model.load_state_dict(checkpoint.model_state)
-            self.optimizer.load_state_dict(checkpoint.optimizer_state)
+            self.optimizer.load_state_dict(_regrouped(checkpoint.optimizer_state, self.model, self.optimizer))
             if not restore_rng_state(checkpoint.rng_state, self.generators, self.device):
                 # Resumed on another kind of device: the stored generator states cannot be
                 # carried over. Continue deterministically (same seed and epoch, same

@@ -112,6 +112,42 @@ def test_weight_decay_adds_exactly_lambda_w(tied):
         torch.testing.assert_close(grads_decayed[name] - grads_plain[name], added, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_weight_decay_by_the_optimizer_trains_like_the_loss_term(tied, optimizer):
+    # The same model trained twice, float64: the term in the loss (its gradient by autograd), and
+    # the optimizer's weight_decay on parameter_groups(). Same losses and terms, the same
+    # weights after a few steps, and the weights' .grad without lambda * W in the second.
+    torch.manual_seed(2)
+    by_loss = pyae.Autoencoder(12, 7, tied_weights=tied, weight_decay=0.3, contractive_weight=0.1, dtype=torch.float64)
+    by_optimizer = clone_model(by_loss)
+    by_optimizer.optimizer_applies_weight_decay = True
+    groups = by_optimizer.parameter_groups()
+    assert [len(g["params"]) for g in groups] == ([1, 2] if tied else [2, 2])  # tied: two biases
+    assert [g["weight_decay"] for g in groups] == [0.3, 0.0]
+    make = {"sgd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+            "adam": lambda p: torch.optim.Adam(p, lr=0.01)}[optimizer]
+    first, second = make(by_loss.parameters()), make(groups)
+    for step in range(4):
+        x = torch.rand(6, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+        outputs = []
+        for model, opt in ((by_loss, first), (by_optimizer, second)):
+            opt.zero_grad()
+            out = model(x)
+            out.loss.backward()
+            outputs.append(out)
+        assert torch.equal(outputs[0].loss, outputs[1].loss)
+        assert torch.equal(outputs[0].terms["weight_decay"], outputs[1].terms["weight_decay"])
+        assert outputs[1].terms["weight_decay"].grad_fn is None
+        for (name, a), b in zip(by_loss.named_parameters(), by_optimizer.parameters()):
+            missing = 0.3 * a.detach() if a.dim() == 2 else 0.0
+            torch.testing.assert_close(a.grad - missing, b.grad, rtol=1e-12, atol=1e-14, msg=name)
+        first.step()
+        second.step()
+        for a, b in zip(by_loss.parameters(), by_optimizer.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
 def test_kl_term_zero_with_zero_gradient_at_target():
     target = 0.05
     model = pyae.SparseAutoencoder(6, 4, sparsity_target=target, sparsity_weight=1.0, dtype=torch.float64)

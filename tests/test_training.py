@@ -281,7 +281,7 @@ def test_checkpoint_round_trip(tmp_path, digits):
 
 
 def _save(path, model, epoch, config):
-    optimizer = build_optimizer(config, model.parameters())
+    optimizer = build_optimizer(config, model)
     rng = {"torch": torch.get_rng_state(), "shuffle": torch.Generator().get_state(),
            "noise": torch.Generator().get_state()}
     return save_checkpoint(path, model=model, optimizer=optimizer, epoch=epoch, config=config, rng_state=rng)
@@ -433,6 +433,47 @@ def test_keyboard_interrupt_mid_epoch_keeps_the_last_checkpoint(tmp_path, digits
     straight, _ = train(config, digits, progress=False)
     for a, b in zip(resumed.parameters(), straight.parameters()):
         assert torch.equal(a, b)
+
+
+def test_weight_decay_is_applied_by_the_optimizer():
+    # build_optimizer gives the weight matrices the weight decay and marks the model, so the
+    # loss's term carries no gradient (the update adds it).
+    for config, groups in ((tiny(weight_decay=0.01), [2, 2]), (tiny(weight_decay=0.01, tied_weights=True), [1, 2]),
+                           (tiny(), None)):
+        model = build_model(config, 784)
+        optimizer = build_optimizer(config, model)
+        assert model.optimizer_applies_weight_decay == (groups is not None)
+        if groups is None:
+            assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["weight_decay"] == 0
+        else:
+            assert [len(g["params"]) for g in optimizer.param_groups] == groups
+            assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
+            assert all(p.dim() == 2 for p in optimizer.param_groups[0]["params"])
+
+
+def test_a_run_checkpointed_with_weight_decay_in_one_group_resumes(tmp_path, digits):
+    # pyae 0.1.0 kept weight decay in the loss and stored one parameter group; such a
+    # checkpoint resumes into the two groups and ends where the straight run ends (the same
+    # gradient, applied by the optimizer: equal up to rounding, not bitwise).
+    config = tiny(weight_decay=0.05, momentum=0.9)
+    straight, _ = train(config, digits, progress=False)
+    path = tmp_path / "checkpoint.pt"
+    train(config.replace(epochs=1), digits, checkpoint_path=path, progress=False)
+    payload = torch.load(path, weights_only=True)
+    stored = payload["optimizer"]
+    model = build_model(config, 784)
+    grouped = [id(p) for g in model.parameter_groups() for p in g["params"]]  # the stored order
+    in_model_order = [grouped.index(id(p)) for p in model.parameters()]
+    payload["optimizer"] = {
+        "state": {i: stored["state"][old] for i, old in enumerate(in_model_order) if old in stored["state"]},
+        "param_groups": [{**stored["param_groups"][0], "params": list(range(len(in_model_order))),
+                          "weight_decay": 0}],
+    }
+    torch.save(payload, path)
+    resumed, history = train(config, digits, checkpoint_path=path, resume=True, progress=False)
+    assert history["epoch"] == [1, 2, 3]
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_resume_on_another_device_type_continues_deterministically(tmp_path, digits):

@@ -42,21 +42,11 @@ if TYPE_CHECKING:  # scikit-learn is optional (the experiment extra)
 
 __all__ = ["DEFAULT_SETTINGS", "QUICK_SETTINGS", "MODELS", "build_pipeline", "run_experiment", "format_table"]
 
-#: The settings of the default run, tuned to reach >= 95% test accuracy within 15 minutes
-#: on a 2-core CPU (see the report). Every autoencoder shares them and starts from the same
-#: initial weights (the same seed): only its regularizer differs.
-#:
-#: Tuning notes (seed 0, best denoising model): 500-1000 hidden units plateaued at 94.6-95.1%
-#: whatever the epochs (30-150), batch (10-50), optimizer (SGD 0.01-0.03, Adam 1e-3-3e-3),
-#: tied weights or a cosine learning rate; the classifier's C (0.3-30) and standardizing the
-#: features moved it by +-0.1 point. 2000 units with batch 20 crossed it: 95.6% with Gaussian
-#: noise after 30 epochs, about 45 s of training per model on 2 idle cores.
+#: The settings every model shares. Each model's hidden units and epochs are in :data:`MODELS`.
 DEFAULT_SETTINGS: Dict[str, Any] = {
-    "n_hidden": 2000,
     "loss": "cross_entropy",  # the lecture's choice for inputs in [0, 1]
     "decoder": "sigmoid",
     "tied_weights": False,
-    "epochs": 30,
     "batch_size": 20,
     "optimizer": "sgd",
     "lr": 0.01,
@@ -67,7 +57,8 @@ DEFAULT_SETTINGS: Dict[str, Any] = {
                    "standardize": False},
 }
 
-#: A smoke run of well under a minute: small models, a few epochs, subsets of the data.
+#: A smoke run of well under a minute: small models (its ``n_hidden`` and ``epochs`` replace
+#: every model's), a few epochs, subsets of the data.
 QUICK_SETTINGS: Dict[str, Any] = {
     **DEFAULT_SETTINGS,
     "n_hidden": 100,
@@ -77,16 +68,21 @@ QUICK_SETTINGS: Dict[str, Any] = {
     "classifier": {**DEFAULT_SETTINGS["classifier"], "max_iter": 200},
 }
 
-#: The autoencoders compared, by name: their options on top of the shared settings.
+#: The autoencoders compared, by name: their hidden units, epochs and regularizer, on top of
+#: the shared settings. Chosen on validation digits by ``pyae experiment selection``
+#: (:mod:`pyae.experiments.selection`; its record, :data:`pyae.experiments.selection.SELECTED_RECORD`,
+#: ships with the package and the report cites it); the masking rows' noise levels are fixed
+#: probes of the lecture's claim that filters widen with the noise.
 MODELS: Dict[str, Dict[str, Any]] = {
-    "vanilla": {},
-    "denoising_mask_0.25": {"noise": "mask", "noise_level": 0.25},
-    "denoising_mask_0.5": {"noise": "mask", "noise_level": 0.5},
-    # The lecture's std 1.0 is as large as the whole [0, 1] pixel range: the digit all but
-    # drowns. With 1000 units, batch 20 and 30 epochs std 1.0 gave 94.8%, std 0.7 95.0%.
-    "denoising_gaussian": {"noise": "gaussian", "noise_level": 0.7},
-    "sparse": {"sparsity_target": 0.05, "sparsity_weight": 0.5},
-    "contractive": {"contractive_weight": 0.5},
+    "vanilla": {"n_hidden": 1000, "epochs": 10, "tied_weights": True},
+    "denoising_mask_0.25": {"n_hidden": 1000, "epochs": 20, "tied_weights": True, "noise": "mask",
+                            "noise_level": 0.25},
+    "denoising_mask_0.5": {"n_hidden": 2000, "epochs": 20, "noise": "mask", "noise_level": 0.5},
+    "denoising_gaussian": {"n_hidden": 2000, "epochs": 30, "tied_weights": True, "noise": "gaussian",
+                           "noise_level": 0.7},
+    "sparse": {"n_hidden": 2000, "epochs": 30, "tied_weights": True, "sparsity_target": 0.05,
+               "sparsity_weight": 0.5},
+    "contractive": {"n_hidden": 2000, "epochs": 30, "tied_weights": True, "contractive_weight": 1.0},
 }
 
 _FILTER_UNITS = 100  # the first 100 units, a 10 x 10 grid
@@ -123,7 +119,8 @@ def build_pipeline(model: str, settings: Mapping[str, Any] = DEFAULT_SETTINGS, *
     """The scikit-learn pipeline of one row of the comparison, unfitted.
 
     Its steps: ``"features"``, a :class:`pyae.sklearn.AutoencoderTransformer` with the shared
-    ``settings`` and the options of ``model`` in :data:`MODELS` (``random_state=seed``, so it
+    ``settings`` and the options of ``model`` in :data:`MODELS`, whose ``n_hidden`` and
+    ``epochs`` the ``settings`` replace where they have them (``random_state=seed``, so it
     trains exactly like :func:`pyae.training.train` with ``seed=seed``); ``"scaler"``, a
     ``StandardScaler``, only when ``settings["classifier"]["standardize"]``; and
     ``"classifier"``, the logistic regression of ``settings["classifier"]`` (lbfgs, the default
@@ -153,12 +150,12 @@ def build_pipeline(model: str, settings: Mapping[str, Any] = DEFAULT_SETTINGS, *
     if model != "raw":
         from pyae.sklearn import AutoencoderTransformer
 
-        shared = {k: settings[k] for k in ("n_hidden", "loss", "tied_weights", "epochs", "batch_size",
-                                           "optimizer", "lr", "momentum")}
+        shared = {k: settings[k] for k in ("loss", "tied_weights", "batch_size", "optimizer", "lr", "momentum")}
         # The settings' "decoder" (a results.json key) is TrainConfig's decoder_activation.
-        steps.append(("features", AutoencoderTransformer(
-            **shared, decoder_activation=settings["decoder"], **MODELS[model], random_state=seed,
-            device=str(device), progress=progress)))
+        options = {**shared, "decoder_activation": settings["decoder"], **MODELS[model],
+                   **{k: settings[k] for k in ("n_hidden", "epochs") if k in settings}}
+        steps.append(("features", AutoencoderTransformer(**options, random_state=seed, device=str(device),
+                                                         progress=progress)))
     classifier = settings["classifier"]
     if classifier.get("standardize"):
         steps.append(("scaler", StandardScaler()))
@@ -368,9 +365,31 @@ def _new_record(setup: _Setup, *, quick: bool, data_root: Optional[PathLike]) ->
             "cpu_threads": torch.get_num_threads(),
             "pyae": pyae.__version__,
             "models": copy.deepcopy(MODELS),
+            "selection": _selection_summary(),
             "complete": False,
         },
         "models": {},
+    }
+
+
+def _selection_summary() -> Optional[Dict[str, Any]]:
+    """How :data:`MODELS` were chosen: the packaged record of ``pyae experiment selection``
+    (its procedure's numbers and each model's selected setting), None if it is missing."""
+    from pyae.experiments import selection
+
+    if not selection.SELECTED_RECORD.exists():
+        return None
+    record = selection.load_selected()
+    s = record["settings"]
+    return {
+        "record": f"pyae/experiments/{selection.SELECTED_RECORD.name}",
+        "n_train": s["n_train"],
+        "n_validation": s["n_validation"],
+        "seed": s["seed"],
+        "n_hidden": s["n_hidden"],
+        "epochs": s["epochs"],
+        "candidates": len(record["candidates"]),
+        "selected": selection.select(record),
     }
 
 
@@ -460,12 +479,12 @@ def _save_denoising_picture(model, clean: Tensor, path: Path, name: str, seed: i
 
 
 def format_table(results: Mapping[str, Any], *, markdown: bool = True) -> str:
-    """The results as a table: one row per model with its test and train accuracy, the
-    mean squared Jacobian norm, the mean activation, the training time, and its filters'
+    """The results as a table: one row per model with its hidden units and epochs, its test
+    and train accuracy, the mean squared Jacobian norm, the mean activation, the training time, and its filters'
     smoothness and extent (:mod:`pyae.experiments.filters`), each as the median
     [25th, 75th percentile] over the model's units."""
     # No "|" in the cells: it would split a markdown table's columns.
-    header = ["model", "test acc.", "train acc.", "mean sq. Jacobian norm", "mean activation", "train s",
+    header = ["model", "hidden", "epochs", "test acc.", "train acc.", "mean sq. Jacobian norm", "mean activation", "train s",
               "filter smoothness", "filter extent"]
     rows = []
     for name, entry in results["models"].items():
@@ -473,8 +492,11 @@ def format_table(results: Mapping[str, Any], *, markdown: bool = True) -> str:
             value = entry.get(key)
             return "-" if value is None else format(value, fmt)
 
+        config = entry.get("config") or {}
         rows.append([
             name,
+            str(config.get("n_hidden", "-")),
+            str(config.get("epochs", "-")),
             f"{100 * entry['test_accuracy']:.2f}%",
             f"{100 * entry['train_accuracy']:.2f}%",
             number("mean_squared_jacobian_norm", ".3g"),
@@ -516,6 +538,7 @@ def _report(record: Mapping[str, Any]) -> str:
     if s["quick"]:
         lines += ["**This is a `--quick` smoke run** (few epochs, small models, data subsets): the numbers "
                   "and pictures check that the pipeline works and say nothing about the methods.", ""]
+    lines += _selection_section(record)
     lines += _filter_section(record)
     lines += ["## Denoising", "", "Clean test digits, their corruption, and the reconstruction from the "
               "corrupted input:", ""]
@@ -539,9 +562,9 @@ def _report_summary(record: Mapping[str, Any]) -> List[str]:
     return [
         "# pyae experiment: autoencoder features for MNIST",
         "",
-        f"Each autoencoder ({s['n_hidden']} sigmoid hidden units, {s['loss']} loss, {s['optimizer']} "
-        f"lr {s['lr']:g} momentum {s['momentum']:g}, batch {s['batch_size']}, {s['epochs']} epochs, seed "
-        f"{s['seed']}) was trained on {s['n_train']} training digits ({s['data']}). A logistic regression "
+        f"Each autoencoder (sigmoid hidden units, {s['loss']} loss, {s['optimizer']} "
+        f"lr {s['lr']:g} momentum {s['momentum']:g}, batch {s['batch_size']}, seed "
+        f"{s['seed']}; its hidden units and epochs in the table) was trained on {s['n_train']} training digits ({s['data']}). A logistic regression "
         f"(C = {s['classifier']['C']:g}) was fitted on its hidden representation of the clean training "
         f"digits and scored on {s['n_test']} test digits. `raw` is the same classifier on the pixels.",
         "",
@@ -555,7 +578,7 @@ def _report_summary(record: Mapping[str, Any]) -> List[str]:
         "the input. `mean activation` is the mean over the hidden units of their mean activation on the "
         "test set (the sparse model's target is "
         f"{s['models']['sparse'].get('sparsity_target')}). `filter smoothness` and `filter extent` describe "
-        f"the filters of all {s['n_hidden']} units: the median [25th, 75th percentile] over the units "
+        "the filters of all its units: the median [25th, 75th percentile] over the units "
         "(see Filters).",
         "",
         "Model options: " + "; ".join(
@@ -565,13 +588,57 @@ def _report_summary(record: Mapping[str, Any]) -> List[str]:
     ]
 
 
+def _selection_section(record: Mapping[str, Any]) -> List[str]:
+    """How the settings were chosen (the packaged selection record), and every regularized
+    model's test accuracy against the vanilla one's in this run."""
+    s, models = record["settings"], record["models"]
+    lines = ["## How the settings were chosen", ""]
+    summary = s.get("selection")
+    if summary is None:
+        lines += ["No selection record ships with this installation: the settings are the defaults in "
+                  "`pyae.experiments.mnist.MODELS`.", ""]
+    else:
+        lines += [
+            f"Each model's hidden units, epochs and regularizer strength were chosen by `pyae experiment selection` "
+            f"(its record: `{summary['record']}`): {summary['n_validation']} of the training digits were held out "
+            f"(seed {summary['seed']}), {summary['candidates']} candidates ({', '.join(map(str, summary['n_hidden']))} "
+            f"hidden units, scored after {', '.join(map(str, summary['epochs']))} epochs) trained on the other "
+            f"{summary['n_train']}, and each model kept its candidate with the best validation accuracy of this "
+            "report's classifier. No test digit took part; the test accuracies below are this run's, measured once "
+            "with the selected settings, trained on all the training digits.",
+            "",
+        ]
+        if s["quick"] or s["seed"] != summary["seed"] or s["data"] != "embedded MNIST subset":
+            lines += ["This run differs from the selection's (a `--quick` run, another seed or other data): its "
+                      "models use the selected regularizers" + (", not the selected sizes and epochs" if s["quick"]
+                                                                else "") + ".", ""]
+        rows = [["model", "selected", "validation acc.", "test acc. (this run)"]]
+        for name, choice in summary["selected"].items():
+            options = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in choice["options"].items()) or "no regularizer"
+            test = models.get(name, {}).get("test_accuracy")
+            rows.append([f"`{name}`", f"{options}; {choice['n_hidden']} units, {choice['epochs']} epochs",
+                         f"{100 * choice['validation_accuracy']:.2f}%", "-" if test is None else f"{100 * test:.2f}%"])
+        lines += ["| " + " | ".join(rows[0]) + " |", "|---|---|---:|---:|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows[1:]] + [""]
+    if "vanilla" in models:
+        vanilla = models["vanilla"]["test_accuracy"]
+        others = [n for n in models if n not in ("raw", "vanilla")]
+        if others:
+            lines += ["Test accuracy against the vanilla autoencoder's "
+                      f"({100 * vanilla:.2f}%), in points: "
+                      + ", ".join(f"`{n}` {100 * (models[n]['test_accuracy'] - vanilla):+.2f}" for n in others)
+                      + f"; {sum(models[n]['test_accuracy'] > vanilla for n in others)} of {len(others)} "
+                      "regularized models beat it.", ""]
+    return lines
+
+
 def _filter_section(record: Mapping[str, Any]) -> List[str]:
     """The filters: what the measures mean, the lecture's claims measured, the pictures."""
-    s = record["settings"]
     lines = [
         "## Filters", "",
         "Each tile is a unit's filter W_l / ||W_l||, the unit-norm input that excites it most, scaled to "
-        f"[0, 1] (the first {min(_FILTER_UNITS, s['n_hidden'])} units). The table above measures the filters "
+        f"[0, 1] (the first {_FILTER_UNITS} units). The table above measures the filters "
         f"of all units, each as a {_TILE_SHAPE[0]} x {_TILE_SHAPE[1]} image w (`pyae.experiments.filters`):",
         "",
         "* `filter smoothness`: the correlation between horizontally and vertically neighbouring pixels of "
@@ -616,7 +683,9 @@ def _claims(record: Mapping[str, Any]) -> List[str]:
         "become wider as the noise grows. Each statement below compares the models' medians from the "
         "table and says whether it holds in this run. The interquartile ranges in the table show how much "
         "the units of one model differ from each other: a difference between medians well inside them is "
-        "a small one." + (" In a `--quick` run the verdicts describe small, briefly trained models only."
+        "a small one. Each model's hidden units, epochs and tied or untied weights were selected on their own "
+        "(the table and the settings above), so where they differ, a difference between two models is not "
+        "their regularizers' alone." + (" In a `--quick` run the verdicts describe small, briefly trained models only."
                           if record["settings"]["quick"] else ""),
         "",
     ]
