@@ -303,8 +303,8 @@ _PRETRAIN_DEFAULTS: Dict[str, Any] = {
 }
 _FINETUNE_DEFAULTS: Dict[str, Any] = {
     "pretrained": None, "epochs": 50, "batch_size": 20, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9,
-    "patience": 10, "monitor": "accuracy", "contractive_weight": 0.0, "sparsity_weight": 0.0, "seed": 0,
-    "device": "auto",
+    "patience": 10, "monitor": "accuracy", "contractive_weight": 0.0, "sparsity_weight": 0.0,
+    "sparsity_target": None, "seed": 0, "device": "auto",
 }
 # What a resumed stage may change.
 _PRETRAIN_RESUMABLE = ("device",)
@@ -426,8 +426,9 @@ def _add_stack_finetune_parser(stages, shared: argparse.ArgumentParser) -> None:
     _option(optimization, "--contractive-weight", type=_finite_float, metavar="LAMBDA",
             help="keep every layer's contractive penalty with this weight (default 0)")
     _option(optimization, "--sparsity-weight", type=_finite_float, metavar="BETA",
-            help="keep every layer's KL sparsity penalty with this weight (needs layers with a sparsity "
-                 "target; default 0)")
+            help="add every layer's KL sparsity penalty with this weight (default 0; needs --sparsity-target)")
+    _option(optimization, "--sparsity-target", type=_finite_float, metavar="RHO",
+            help="the KL penalty's target mean activation rho in (0, 1), for every layer")
     finetune.set_defaults(handler=_cmd_stack_finetune, parser=finetune)
 
 
@@ -790,7 +791,8 @@ _STACK_OPTION_NAMES = {
     "layer_sizes": "--sizes", "n_hidden": "--sizes", "noise_level": "--noise-levels", "noise": "--noise",
     "loss": "--loss", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "optimizer": "--optimizer",
     "momentum": "--momentum", "patience": "--patience", "contractive_weight": "--contractive-weight",
-    "sparsity_weight": "--sparsity-weight", "val_fraction": "--val-fraction", "seed": "--seed",
+    "sparsity_weight": "--sparsity-weight", "sparsity_target": "--sparsity-target", "val_fraction": "--val-fraction",
+    "seed": "--seed",
 }
 
 
@@ -982,7 +984,7 @@ def _cmd_stack_finetune(args) -> int:
               f"validation on {0 if val_images is None else val_images.shape[0]}; checkpoints: {checkpoint_path}",
               file=sys.stderr)
     options = {k: settings[k] for k in ("epochs", "batch_size", "lr", "optimizer", "momentum", "patience", "monitor",
-                                        "contractive_weight", "sparsity_weight", "seed")}
+                                        "contractive_weight", "sparsity_weight", "sparsity_target", "seed")}
     with torch_threads(args.threads):
         try:
             history = finetune(classifier, images, labels,

@@ -246,7 +246,8 @@ def build_optimizer(config: TrainConfig, model: Autoencoder) -> torch.optim.Opti
     With ``config.weight_decay > 0`` the optimizer applies the weight decay's gradient, the
     lecture's ``lambda * W`` on the weight matrices only (:meth:`pyae.Autoencoder.parameter_groups`),
     and ``model.optimizer_applies_weight_decay`` is set: the loss keeps the term's value, and
-    the update adds its gradient in the pass it makes anyway.
+    the update adds its gradient in the pass it makes anyway. :func:`pyae.training.train`
+    clears that flag on the model it returns.
     """
     if not isinstance(model, Autoencoder):
         raise TypeError(f"model must be a pyae.Autoencoder, got {type(model).__name__}")

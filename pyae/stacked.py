@@ -47,7 +47,7 @@ from pyae import functional as PF
 from pyae._atomic import atomic_write
 from pyae._typing import PathLike
 from pyae.checkpoint import _cpu_state, model_from_checkpoint, restore_rng_state, rng_state
-from pyae.config import MODEL_FIELDS, OPTIMIZERS, TrainConfig
+from pyae.config import DTYPES, MODEL_FIELDS, OPTIMIZERS, TrainConfig
 from pyae.modules import Autoencoder
 from pyae.ops import EncoderOutput
 from pyae.validation import (
@@ -311,11 +311,18 @@ def layer_configs(stack: StackedAutoencoder, **fields) -> List[TrainConfig]:
     if clash:
         raise ValueError(f"layer_configs: {', '.join(clash)} come from the stack's layers (set them in "
                          "StackedAutoencoder's layer_options), not from the fields")
+    fields.setdefault("dtype", _dtype_name(stack))
     return [TrainConfig(n_hidden=layer.n_hidden, **options, **fields)
             for layer, options in zip(stack.layers, stack.layer_options())]
 
 
 # ------------------------------------------------------------------------- pretraining
+
+
+def _dtype_name(stack: StackedAutoencoder) -> str:
+    """The stack's parameter dtype as :class:`~pyae.config.TrainConfig` names it."""
+    dtype = stack.layers[0].encoder.weight.dtype
+    return next(name for name, value in DTYPES.items() if value == dtype)
 
 
 def _check_configs(stack: StackedAutoencoder, configs) -> List[TrainConfig]:
@@ -331,6 +338,9 @@ def _check_configs(stack: StackedAutoencoder, configs) -> List[TrainConfig]:
             raise ValueError(
                 f"configs[{k}].n_hidden={config.n_hidden} does not match layer_sizes[{k}]={layer.n_hidden}"
             )
+        if config.torch_dtype != layer.encoder.weight.dtype:
+            raise ValueError(f"configs[{k}].dtype={config.dtype!r} differs from the stack's parameters "
+                             f"({layer.encoder.weight.dtype}); pyae.stacked.layer_configs builds matching configs")
         for name in MODEL_FIELDS:
             if getattr(config, name) != getattr(layer, name):
                 raise ValueError(
@@ -421,6 +431,7 @@ def pretrain(
     for k, (layer, config) in enumerate(zip(stack.layers, configs)):
         path = None if directory is None else directory / f"layer{k}.pt"
         checkpoint = None
+        codes_digest = _digest(codes) if directory is not None else None  # what layer k trains on
         if resume and path.exists():
             if trained_below is not None:
                 raise ValueError(
@@ -431,7 +442,14 @@ def pretrain(
             stored = checkpoint.extra.get("stacked", {})
             if isinstance(stored, Mapping) and stored.get("layer", k) != k:
                 raise ValueError(f"cannot resume {str(path)!r}: it holds layer {stored.get('layer')}, not layer {k}")
-        extra = {"stacked": {"layer": k, "n_inputs": stack.n_inputs, "layer_sizes": list(stack.layer_sizes)}}
+            if isinstance(stored, Mapping) and stored.get("codes", codes_digest) != codes_digest:
+                # Also across calls: a lower layer that trained further, or other images.
+                raise ValueError(
+                    f"cannot resume {str(path)!r}: it was trained on other inputs (other images, or codes of a "
+                    f"layer below that has trained since); remove it (and the layers above) to retrain it"
+                )
+        extra = {"stacked": {"layer": k, "n_inputs": stack.n_inputs, "layer_sizes": list(stack.layer_sizes),
+                             "codes": codes_digest}}
         if checkpoint is not None and (checkpoint.epoch >= config.epochs
                                        or _early_stopped(checkpoint.history, config.early_stopping)):
             if progress:
@@ -602,7 +620,9 @@ def finetune(
     layer's own regularizer kept as a penalty: ``contractive_weight[k]`` times layer ``k``'s
     contractive term (the batch mean of ``||dh_k/dh_{k-1}||_F^2``) and ``sparsity_weight[k]``
     times its KL sparsity term (the batch's mean activations against the target), both out
-    of the fused encoder. No corruption: fine-tuning sees the clean inputs.
+    of the fused encoder. No corruption: fine-tuning sees the clean inputs. The layers' other
+    options (noise, weight decay, their own sparsity and contractive weights) served their
+    pretraining; fine-tuning uses only the penalties given here.
 
     Each epoch visits the training examples in an order drawn from a ``torch.Generator``
     seeded with ``seed``; nothing else is random, so a run is determined by its arguments
@@ -644,8 +664,9 @@ def finetune(
     Returns:
         The history, a dict: per-epoch lists ``"epoch"``, ``"loss"`` (the mean training loss
         per example, penalties included), ``"cross_entropy"``, ``"train_accuracy"`` (of the
-        batches as they were trained), ``"seconds"``; ``"contractive"`` / ``"sparsity"``
-        (unweighted sums over the layers) when used; with validation ``"val_loss"`` and
+        batches as they were trained), ``"seconds"``; ``"contractive"`` (the unweighted sum over
+        all layers) and ``"sparsity"`` (the unweighted sum over the layers with a sparsity
+        weight, the only ones with a target) when used; with validation ``"val_loss"`` and
         ``"val_accuracy"``. Scalars: ``"best_epoch"`` (the epoch whose weights the classifier
         ends with: with validation data the best by ``monitor``, else the last), and
         ``"stopped_early"``. With validation data the classifier ends with the best epoch's

@@ -155,6 +155,9 @@ def train(
             bar.epoch(epoch, metrics, seconds)
     finally:
         bar.close()
+        # The model leaves train() as a plain model: its loss's weight decay term carries its
+        # gradient again (build_optimizer had the optimizer apply it).
+        getattr(run.model, "module", run.model).optimizer_applies_weight_decay = False
     run.model.eval()
     run.history["epoch"] = [int(e) for e in run.history.get("epoch", [])]
     return run.model, run.history

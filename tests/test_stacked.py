@@ -204,13 +204,34 @@ def test_pretraining_refuses_a_stale_layer_checkpoint(digits, tmp_path):
     images, _ = digits
     stack = make_stack()
     pretrain(stack, images, configs_for(stack, epochs=1), checkpoint_dir=tmp_path, progress=False)
-    # Layer 0 trains further: layer 1's checkpoint was trained on other codes.
-    with pytest.raises(ValueError, match="layer1.pt"):
-        pretrain(stack, images, configs_for(stack, epochs=2), checkpoint_dir=tmp_path, resume=True, progress=False)
+    # Layer 0 trains further: layer 1's checkpoint was trained on other codes. Refused in that
+    # call, and again in the next one, where layer 0 is loaded complete.
+    for _ in range(2):
+        with pytest.raises(ValueError, match="layer1.pt"):
+            pretrain(stack, images, configs_for(stack, epochs=2), checkpoint_dir=tmp_path, resume=True,
+                     progress=False)
+    # Other images of the same shape: layer 0's checkpoint is refused.
+    with pytest.raises(ValueError, match="layer0.pt.*other inputs"):
+        pretrain(stack, images.flip(0), configs_for(stack, epochs=2), checkpoint_dir=tmp_path, resume=True,
+                 progress=False)
     # A different configuration is refused, naming the field.
     with pytest.raises(ValueError, match="lr"):
         pretrain(stack, images, configs_for(stack, epochs=1, lr=0.5), checkpoint_dir=tmp_path, resume=True,
                  progress=False)
+
+
+def test_layer_configs_follow_the_stacks_dtype(digits):
+    # A float64 stack pretrains in float64 (not float32 and cast back); a config of another
+    # dtype is refused, naming the field.
+    images, _ = digits
+    stack = StackedAutoencoder(images.shape[1], [6], {"loss": "cross_entropy"}, dtype=torch.float64)
+    configs = layer_configs(stack, epochs=1, batch_size=50, device="cpu", seed=0)
+    assert configs[0].dtype == "float64"
+    pretrain(stack, images.double(), configs, progress=False)
+    weight = stack.layers[0].encoder.weight
+    assert weight.dtype == torch.float64 and not torch.equal(weight, weight.float().double())
+    with pytest.raises(ValueError, match=r"configs\[0\].dtype"):
+        pretrain(stack, images.double(), layer_configs(stack, epochs=1, dtype="float32"), progress=False)
 
 
 def test_pretraining_arguments_are_checked(digits):
@@ -460,6 +481,17 @@ def test_stack_commands_end_to_end(tmp_path, capsys):
     assert json.loads((tuned / "finetune.json").read_text())["history"]["epoch"] == [1, 2, 3, 4]
     code, _, err = run(capsys, "stack", "finetune", "--out", tuned, "--resume", "--lr", "0.5")
     assert code == 2 and "--lr" in err and "Traceback" not in err
+
+    # The KL penalty kept in fine-tuning needs its target, from the command line.
+    sparse = tmp_path / "sparse"
+    code, _, err = run(capsys, "stack", "finetune", "--out", sparse, "--pretrained", out, "--epochs", "1",
+                       "--sparsity-weight", "0.1", "--quiet")
+    assert code == 2 and "--sparsity-weight" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "stack", "finetune", "--out", sparse, "--pretrained", out, "--epochs", "1",
+                       "--sparsity-weight", "0.1", "--sparsity-target", "0.1", "--quiet")
+    assert code == 0, err
+    result = json.loads((sparse / "finetune.json").read_text())
+    assert result["settings"]["sparsity_target"] == 0.1 and "sparsity" in result["history"]
 
 
 def test_stack_commands_ctrl_c_and_resume(tmp_path, capsys, monkeypatch):

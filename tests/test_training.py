@@ -451,6 +451,15 @@ def test_weight_decay_is_applied_by_the_optimizer():
             assert all(p.dim() == 2 for p in optimizer.param_groups[0]["params"])
 
 
+def test_the_trained_model_has_its_weight_decay_gradient_back(digits):
+    # train() had the optimizer apply the weight decay; the model it returns is a plain one again,
+    # whose loss.backward() gives the whole gradient, lambda * W included.
+    model, _ = train(tiny(weight_decay=0.05, epochs=1), digits, progress=False)
+    assert model.optimizer_applies_weight_decay is False
+    model.train()
+    assert model(digits[:8]).terms["weight_decay"].requires_grad
+
+
 def test_a_run_checkpointed_with_weight_decay_in_one_group_resumes(tmp_path, digits):
     # pyae 0.1.0 kept weight decay in the loss and stored one parameter group; such a
     # checkpoint resumes into the two groups and ends where the straight run ends (the same

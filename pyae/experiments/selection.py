@@ -29,6 +29,7 @@ package (:data:`SELECTED_RECORD`); ``pyae experiment`` cites it in its report.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import time
@@ -251,7 +252,9 @@ def _search_candidate(candidate, settings, splits, device, out: Path, record, pr
 
     train_x, train_y, val_x, val_y = splits
     images = torch.from_numpy(train_x)
-    checkpoint = out / "checkpoints" / f"candidate_{record['candidates'].index(candidate)}.pt"
+    # Named by what the candidate is, not by its place in the record (a changed grid moves it).
+    key = json.dumps([candidate["model"], candidate["options"], candidate["n_hidden"]], sort_keys=True)
+    checkpoint = out / "checkpoints" / f"candidate_{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     checkpoint.parent.mkdir(exist_ok=True)
     for epochs in settings["epochs"]:
         if str(epochs) in candidate["validation_accuracy"]:
