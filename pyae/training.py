@@ -164,9 +164,10 @@ def train(
 
 
 def _regrouped(state: Mapping[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Mapping[str, Any]:
-    """An optimizer state stored with one parameter group, as pyae 0.1.0 wrote it for weight
-    decay in the loss, rearranged into ``optimizer``'s groups (weight decay by the optimizer:
-    :func:`pyae.config.build_optimizer`), so that such a run resumes. Other states as they are."""
+    """An optimizer state stored with one parameter group (what :func:`pyae.config.build_optimizer`
+    made before the optimizer applied the weight decay), rearranged into ``optimizer``'s groups
+    (the weight matrices with weight decay, the rest without), so that such a run resumes. Other
+    states as they are."""
     stored = state["param_groups"]
     if len(stored) != 1 or len(optimizer.param_groups) == 1:
         return state
