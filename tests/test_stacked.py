@@ -168,19 +168,20 @@ def test_pretraining_with_validation_and_early_stopping(digits, tmp_path):
 
 
 @pytest.mark.parametrize("interrupt_at", [(0, 2), (1, 1), (1, 2)])
-def test_pretraining_resume_is_bitwise_equal(digits, tmp_path, interrupt_at):
+def test_pretraining_resume_is_bitwise_equal(digits, tmp_path, interrupt_at, device):
     images, _ = digits
-    straight = make_stack()
-    straight_histories = pretrain(straight, images, configs_for(straight, epochs=3), progress=False)
+    straight = make_stack(device=device)
+    straight_histories = pretrain(straight, images, configs_for(straight, epochs=3, device=device), progress=False)
+    assert {p.device.type for p in straight.parameters()} == {torch.device(device).type}
 
-    stack = make_stack(seed=1)  # its initial weights do not matter: train() initializes from the seed
+    stack = make_stack(seed=1, device=device)  # its initial weights do not matter: train() initializes from the seed
 
     def interrupt(layer, epoch, step, output):
         if (layer, epoch) == interrupt_at and step == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        pretrain(stack, images, configs_for(stack, epochs=3), checkpoint_dir=tmp_path, progress=False,
+        pretrain(stack, images, configs_for(stack, epochs=3, device=device), checkpoint_dir=tmp_path, progress=False,
                  callback=interrupt)
     assert no_temp_files(tmp_path)
     layer, epoch = interrupt_at
@@ -191,8 +192,9 @@ def test_pretraining_resume_is_bitwise_equal(digits, tmp_path, interrupt_at):
     torch.rand(100)  # something else draws from the global RNG in between
 
     seen = []
-    resumed = make_stack(seed=2)
-    histories = pretrain(resumed, images, configs_for(resumed, epochs=3), checkpoint_dir=tmp_path, resume=True,
+    resumed = make_stack(seed=2, device=device)
+    histories = pretrain(resumed, images, configs_for(resumed, epochs=3, device=device), checkpoint_dir=tmp_path,
+                         resume=True,
                          progress=False, callback=lambda layer, epoch, step, output: seen.append((layer, epoch)))
     same_parameters(resumed, straight)
     assert [h["loss"] for h in histories] == [h["loss"] for h in straight_histories]
@@ -335,13 +337,13 @@ FINETUNE_RUNS = [
 
 
 @pytest.mark.parametrize("options", FINETUNE_RUNS, ids=["sgd-validation", "adam-penalties"])
-def test_finetuning_resume_is_bitwise_equal(digits, tmp_path, options):
+def test_finetuning_resume_is_bitwise_equal(digits, tmp_path, options, device):
     images, labels = digits
-    pretrained = make_stack()
-    pretrain(pretrained, images, configs_for(pretrained, epochs=1), progress=False)
+    pretrained = make_stack(device=device)
+    pretrain(pretrained, images, configs_for(pretrained, epochs=1, device=device), progress=False)
 
     def classifier():
-        stack = make_stack(seed=3)
+        stack = make_stack(seed=3, device=device)
         stack.load_state_dict(pretrained.state_dict())
         return StackedClassifier(stack)
 
