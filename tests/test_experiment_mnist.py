@@ -92,6 +92,7 @@ def test_pictures_and_report(quick_run):
         picture = out / f"reconstructions_{name}.png"
         assert picture.exists() == (options.get("noise") is not None)
     assert (out / "kl_penalty.png").stat().st_size > 0
+    assert (out / "selection.png").stat().st_size > 0  # the packaged selection record, drawn
     assert (out / "training_loss.png").stat().st_size > 0
 
     report = (out / "report.md").read_text()

@@ -35,6 +35,7 @@ def test_quick_run_scores_every_candidate(quick_run):
     assert not list((out / "checkpoints").iterdir())  # each candidate's checkpoint goes once it is scored
     report = (out / "report.md").read_text()
     assert "smoke run" in report and "No test digit was read" in report
+    assert (out / "validation_accuracy.png").stat().st_size > 0 and "(validation_accuracy.png)" in report
     for model in selection.SEARCH_SPACE:
         assert f"| {model} " in report
 

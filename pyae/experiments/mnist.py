@@ -322,6 +322,10 @@ def _run(out_dir, *, quick, device, data_root, seed, progress) -> Dict[str, Any]
         write_text(setup.out / "results.json", json.dumps(record, indent=2) + "\n")
 
     _save_summary_pictures(setup, histories, sparse_activation)
+    if record["settings"]["selection"] is not None:
+        from pyae.experiments import selection
+
+        selection.save_picture(selection.load_selected(), setup.out / "selection.png")
     log(progress, "the linear autoencoder and the SVD: principal angles to the top principal subspace")
     record["subspace"] = compare_subspaces(torch.from_numpy(setup.train_x), quick=quick, seed=seed,
                                            device=str(setup.device))
@@ -621,6 +625,8 @@ def _selection_section(record: Mapping[str, Any]) -> List[str]:
                          f"{100 * choice['validation_accuracy']:.2f}%", "-" if test is None else f"{100 * test:.2f}%"])
         lines += ["| " + " | ".join(rows[0]) + " |", "|---|---|---:|---:|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows[1:]] + [""]
+        lines += ["Every candidate of the search, its best validation accuracy over the epochs:", "",
+                  "![the selection's candidates](selection.png)", ""]
     if "vanilla" in models:
         vanilla = models["vanilla"]["test_accuracy"]
         others = [n for n in models if n not in ("raw", "vanilla")]

@@ -47,7 +47,7 @@ from pyae.experiments._common import log, require, torch_threads, write_text
 from pyae.training import train
 
 __all__ = ["REGULARIZERS", "SEARCH_SPACE", "N_HIDDEN", "EPOCHS", "VALIDATION_EXAMPLES", "SELECTED_RECORD", "QUICK_SEARCH",
-           "run_experiment", "format_table", "load_selected", "select"]
+           "run_experiment", "format_table", "load_selected", "save_picture", "select"]
 
 #: Each model's regularizer settings to try: its noise level, penalty weights.
 REGULARIZERS: Dict[str, List[Dict[str, Any]]] = {
@@ -196,6 +196,7 @@ def _run(out_dir, *, quick, device, data_root, seed, progress) -> Dict[str, Any]
     record["settings"]["complete"] = True
     record["settings"]["total_seconds"] = record["settings"].get("total_seconds", 0.0) + time.perf_counter() - started
     write_text(out / "results.json", json.dumps(record, indent=2) + "\n")
+    save_picture(record, out / "validation_accuracy.png")
     write_text(out / "report.md", _report(record))
     log(progress, f"done; wrote {out / 'results.json'}")
     return record
@@ -285,6 +286,59 @@ def _config(settings: Mapping[str, Any], candidate: Mapping[str, Any], epochs: i
 # --------------------------------------------------------------------------- report
 
 
+def _strength(options: Mapping[str, Any]) -> Tuple[str, Optional[float]]:
+    """The regularizer's searched knob of a candidate and its value (None: nothing searched)."""
+    for knob in ("noise_level", "sparsity_weight", "contractive_weight"):
+        if knob in options and not (knob == "noise_level" and options.get("noise") == "mask"):
+            return knob, float(options[knob])
+    return "", None
+
+
+def save_picture(record: Mapping[str, Any], path: PathLike) -> str:
+    """One panel per model: each candidate's best validation accuracy (over the epochs)
+    against its regularizer's strength, one line per weight tying and size; a model with
+    nothing to vary shows its candidates as points. The selected setting is ringed."""
+    from pyae.viz import _atomic_savefig, _require_matplotlib
+
+    new_figure = _require_matplotlib()
+    models = [m for m in record["candidates_order"] if any(c["model"] == m for c in record["candidates"])]
+    selected = select(record)
+    cols = 3
+    rows = -(-len(models) // cols)
+    fig = new_figure(figsize=(4.2 * cols, 3.2 * rows))
+    for index, model in enumerate(models):
+        ax = fig.add_subplot(rows, cols, index + 1)
+        lines: Dict[Tuple[bool, int], List[Tuple[float, float]]] = {}
+        knob = ""
+        for candidate in (c for c in record["candidates"] if c["model"] == model and c["validation_accuracy"]):
+            knob, value = _strength(candidate["options"])
+            key = (bool(candidate["options"].get("tied_weights")), candidate["n_hidden"])
+            best = 100 * max(candidate["validation_accuracy"].values())
+            lines.setdefault(key, []).append((0.0 if value is None else value, best))
+        for (tied, units), points in sorted(lines.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=4,
+                    linestyle="-" if tied else "--", label=f"{'tied' if tied else 'untied'}, {units} units")
+        choice = selected.get(model)
+        if choice is not None:
+            value = _strength(choice["options"])[1]
+            ax.plot([0.0 if value is None else value], [100 * choice["validation_accuracy"]], marker="o",
+                    markersize=11, markerfacecolor="none", markeredgecolor="black", linestyle="none",
+                    label="selected")
+        if knob:
+            ax.set_xscale("log")
+            ax.set_xlabel(knob)
+        else:
+            ax.set_xticks([])
+        ax.set_title(model, fontsize=10)
+        ax.set_ylabel("best validation accuracy, %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Model selection: the best validation accuracy over the epochs of each candidate")
+    fig.tight_layout()
+    return _atomic_savefig(fig, path)
+
+
 def _describe(options: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items()) or "no regularizer"
 
@@ -334,7 +388,8 @@ def _report(record: Mapping[str, Any]) -> str:
     ]
     if s["quick"]:
         lines += ["**This is a `--quick` smoke run**: its numbers say nothing about the methods.", ""]
-    lines += [format_table(record), "", "## Selected", ""]
+    lines += [format_table(record), "", "![validation accuracy of every candidate](validation_accuracy.png)", "",
+              "## Selected", ""]
     for model, choice in selected.items():
         lines.append(f"* `{model}`: {_describe(choice['options'])}, {choice['n_hidden']} hidden units, "
                      f"{choice['epochs']} epochs (validation accuracy {100 * choice['validation_accuracy']:.2f}%)")
