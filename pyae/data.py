@@ -51,6 +51,8 @@ __all__ = [
     "read_idx",
     "load_mnist",
     "random_subset",
+    "held_out_count",
+    "split_rows",
     "download_mnist",
     "ARRAY_SUFFIXES",
     "SCALES",
@@ -343,6 +345,27 @@ def random_subset(
         return tuple(tensors)
     keep = torch.randperm(n, generator=generator, device=generator.device)[:int(count)].sort().values
     return tuple(t[keep.to(t.device)] for t in tensors)
+
+
+def held_out_count(fraction: float, n: int) -> int:
+    """How many of ``n`` examples ``val_fraction=fraction`` holds out: ``round(n * fraction)``.
+
+    Raises:
+        ValueError: it leaves no validation or no training example.
+    """
+    held_out = round(n * fraction)
+    if not 1 <= held_out < n:
+        raise ValueError(f"val_fraction={fraction} of {n} examples leaves no "
+                         f"{'validation' if held_out < 1 else 'training'} examples")
+    return held_out
+
+
+def split_rows(n: int, held_out: int, *, generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The rows ``0 .. n-1`` split at random into ``(kept, held_out)`` index tensors, each sorted
+    (both parts keep the data's order): one ``torch.randperm(n, generator=generator)``, whose
+    first ``held_out`` entries are held out."""
+    order = torch.randperm(n, generator=generator)
+    return order[held_out:].sort().values, order[:held_out].sort().values
 
 
 # ------------------------------------------------------------------------ download

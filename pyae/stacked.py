@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 import pyae
 from pyae import functional as PF
+from pyae.data import held_out_count, split_rows
 from pyae._atomic import atomic_write
 from pyae._typing import PathLike
 from pyae.checkpoint import _cpu_state, model_from_checkpoint, restore_rng_state, rng_state
@@ -358,12 +359,6 @@ def _encode_layer(layer: Autoencoder, x: Tensor) -> Tensor:
                       for chunk in x.split(_CHUNK)])
 
 
-def _early_stopped(history: Mapping[str, List[float]], patience: Optional[int]) -> bool:
-    """train()'s rule: the held-out loss has not improved for ``patience`` epochs."""
-    losses = history.get("val_loss", [])
-    return patience is not None and len(losses) > patience and min(losses[-patience:]) >= min(losses[:-patience])
-
-
 def pretrain(
     stack: StackedAutoencoder,
     images: Tensor,
@@ -422,7 +417,7 @@ def pretrain(
         raise ValueError("resume=True needs a checkpoint_dir to resume from")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-    from pyae.training import _checkpoint_to_resume, train
+    from pyae.training import _checkpoint_to_resume, stopped_early, train
 
     directory = None if checkpoint_dir is None else Path(os.fspath(checkpoint_dir))
     histories: List[Dict[str, List[float]]] = []
@@ -451,7 +446,7 @@ def pretrain(
         extra = {"stacked": {"layer": k, "n_inputs": stack.n_inputs, "layer_sizes": list(stack.layer_sizes),
                              "codes": codes_digest}}
         if checkpoint is not None and (checkpoint.epoch >= config.epochs
-                                       or _early_stopped(checkpoint.history, config.early_stopping)):
+                                       or stopped_early(checkpoint.history, config.early_stopping)):
             if progress:
                 print(f"layer {k + 1}/{stack.n_layers}: loaded {path} ({checkpoint.epoch} epochs)", file=sys.stderr)
             model = model_from_checkpoint(checkpoint)
@@ -577,12 +572,8 @@ def _digest(*tensors: Optional[Tensor]) -> str:
 
 def _split(images: Tensor, labels: Tensor, fraction: float, seed: int):
     """``fraction`` of the examples held out (drawn with ``seed``, both parts in order)."""
-    held_out = round(images.shape[0] * fraction)
-    if not 1 <= held_out < images.shape[0]:
-        raise ValueError(f"val_fraction={fraction} of {images.shape[0]} examples leaves no "
-                         f"{'validation' if held_out < 1 else 'training'} examples")
-    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
-    keep, out = order[held_out:].sort().values, order[:held_out].sort().values
+    keep, out = split_rows(images.shape[0], held_out_count(fraction, images.shape[0]),
+                           generator=torch.Generator().manual_seed(seed))
     return images[keep], labels[keep], images[out], labels[out]
 
 

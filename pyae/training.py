@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from pyae import distributed
+from pyae.data import held_out_count, split_rows
 from pyae._typing import PathLike
 from pyae.checkpoint import (
     Checkpoint,
@@ -163,6 +164,13 @@ def train(
     return run.model, run.history
 
 
+def stopped_early(history: Mapping[str, List[float]], patience: Optional[int]) -> bool:
+    """Early stopping's rule: the held-out loss (``history["val_loss"]``) has not improved for
+    ``patience`` epochs (never with ``patience`` None)."""
+    losses = history.get("val_loss", [])
+    return patience is not None and len(losses) > patience and min(losses[-patience:]) >= min(losses[:-patience])
+
+
 def _regrouped(state: Mapping[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Mapping[str, Any]:
     """An optimizer state stored with one parameter group (what :func:`pyae.config.build_optimizer`
     made before the optimizer applied the weight decay), rearranged into ``optimizer``'s groups
@@ -218,15 +226,10 @@ def _split_validation(config: TrainConfig, images: Tensor,
         if validation.shape[1] != images.shape[1]:
             raise ValueError(f"validation has {validation.shape[1]} features but the images have {images.shape[1]}")
     elif config.val_fraction > 0.0:
-        held_out = round(images.shape[0] * config.val_fraction)
-        if not 1 <= held_out < images.shape[0]:
-            raise ValueError(
-                f"val_fraction={config.val_fraction} of {images.shape[0]} examples leaves no "
-                f"{'validation' if held_out < 1 else 'training'} examples"
-            )
-        order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(config.seed))
-        validation = images[order[:held_out].sort().values]
-        rows = order[held_out:].sort().values
+        held_out = held_out_count(config.val_fraction, images.shape[0])
+        rows, validation_rows = split_rows(images.shape[0], held_out,
+                                           generator=torch.Generator().manual_seed(config.seed))
+        validation = images[validation_rows]
     if config.early_stopping is not None and validation is None:
         raise ValueError("early_stopping needs validation data (config.val_fraction > 0, or validation=...)")
     return rows, validation
@@ -386,8 +389,7 @@ class _Run:
 
     def stops_early(self) -> bool:
         """Whether the held-out loss has not improved for config.early_stopping epochs."""
-        patience, losses = self.config.early_stopping, self.history.get("val_loss", [])
-        return patience is not None and len(losses) > patience and min(losses[-patience:]) >= min(losses[:-patience])
+        return stopped_early(self.history, self.config.early_stopping)
 
     def record(self, epoch: int, metrics: Mapping[str, float], seconds: float,
                checkpoint_path: Optional[PathLike]) -> None:

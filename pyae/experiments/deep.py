@@ -52,7 +52,7 @@ import torch
 import pyae
 from pyae._typing import PathLike
 from pyae.config import resolve_device
-from pyae.data import load_mnist, random_subset
+from pyae.data import load_mnist, random_subset, split_rows
 from pyae.experiments._common import log, require, torch_threads, write_text
 from pyae.stacked import StackedAutoencoder, StackedClassifier, finetune, layer_configs, pretrain
 
@@ -198,8 +198,8 @@ def _split_data(settings: Mapping[str, Any], seed: int):
     generator = torch.Generator().manual_seed(seed)
     train_x, train_y = random_subset(settings["train_examples"], train_x, train_y, generator=generator)
     test_x, test_y = random_subset(settings["test_examples"], test_x, test_y, generator=generator)
-    order = torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(seed))
-    held_out, kept = order[:settings["n_validation"]].sort().values, order[settings["n_validation"]:].sort().values
+    kept, held_out = split_rows(train_x.shape[0], settings["n_validation"],
+                                generator=torch.Generator().manual_seed(seed))
     return (train_x[kept], train_y[kept]), (train_x[held_out], train_y[held_out]), (test_x, test_y)
 
 

@@ -42,7 +42,7 @@ import torch
 import pyae
 from pyae._typing import PathLike
 from pyae.config import TrainConfig, resolve_device
-from pyae.data import load_mnist, random_subset
+from pyae.data import load_mnist, random_subset, split_rows
 from pyae.experiments._common import log, require, torch_threads, write_text
 from pyae.training import train
 
@@ -229,11 +229,8 @@ def _splits(settings: Mapping[str, Any], data_root) -> Tuple[np.ndarray, np.ndar
     if settings["train_examples"] is not None:
         images, labels = random_subset(settings["train_examples"] + settings["validation_examples"], images, labels,
                                        generator=generator)
-    order = torch.randperm(images.shape[0], generator=generator)
-    held_out = torch.zeros(images.shape[0], dtype=torch.bool)
-    held_out[order[:settings["validation_examples"]]] = True
-    return (images[~held_out].numpy(), labels[~held_out].numpy(), images[held_out].numpy(),
-            labels[held_out].numpy())
+    kept, held_out = split_rows(images.shape[0], settings["validation_examples"], generator=generator)
+    return images[kept].numpy(), labels[kept].numpy(), images[held_out].numpy(), labels[held_out].numpy()
 
 
 def _candidate_entry(record: Dict[str, Any], model: str, options: Mapping[str, Any], n_hidden: int) -> Dict[str, Any]:
