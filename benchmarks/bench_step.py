@@ -5,7 +5,8 @@ against").
 Every peer computes the same thing from the same parameters: a 784-k-784 sigmoid autoencoder
 (untied weights, cross-entropy reconstruction from logits) with the contractive penalty and
 the KL sparsity penalty, forward and backward (with --whole-step also the optimizer's update:
-SGD with momentum, fused where torch has it, the same for every peer). Peers:
+SGD with momentum; torch's fused or foreach SGD for the torch peers, pyae's fused SGD given the
+model (pyae.optim, as `pyae train` uses it) for the pyae peers). Peers:
 
     gemm         the step's five matrix products alone: the floor
     plain        the same autoencoder without any regularizer, eager
@@ -122,11 +123,15 @@ def make_optimizer(params):
 
 
 def with_update(backward, params, optimizer):
-    """A step: zero the gradients, run backward() (forward and backward), and with an
-    optimizer, its update."""
+    """A step: zero the gradients (the optimizer's zero_grad when there is one: pyae.optim's
+    groups hold the squared row norms too), run backward() (forward and backward), and with
+    an optimizer, its update."""
     def step():
-        for p in params:
-            p.grad = None
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            for p in params:
+                p.grad = None
         backward()
         if optimizer is not None:
             optimizer.step()
@@ -186,7 +191,7 @@ def compiled_module_step(model, x, mode, optimizer=None):
 
 
 def pyae_graph_step(model, x):
-    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, foreach=True)
+    optimizer = pyae.optim.SGD(model.parameters(), lr=LEARNING_RATE, autoencoder=model)
     step = pyae.TrainStep(model, optimizer, capture=True)
     return lambda: step(x)
 
@@ -265,11 +270,11 @@ def build(peer, model, x, whole_step=False):
     params = parameters_of(model)
     optimizer = None
     if whole_step:
-        if peer.startswith("pyae") and model.weight_decay > 0:
-            # As pyae.training.train does: the optimizer applies the weight decay's gradient
-            # (Autoencoder.parameter_groups), the loss keeps the term's value.
-            model.optimizer_applies_weight_decay = True
-            optimizer = make_optimizer(model.parameter_groups())
+        if peer.startswith("pyae"):
+            # As pyae.training.train does: pyae's fused SGD, given the model, applies its weight
+            # decay and the contractive term's chain rule through the squared row norms in the
+            # update's pass (pyae.optim).
+            optimizer = pyae.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=0.9, autoencoder=model)
         else:
             optimizer = make_optimizer(params)
     if peer == "gemm":

@@ -37,22 +37,26 @@ at::ScalarType autocast_dtype() {
   return at::autocast::get_autocast_dtype(kDevice);
 }
 
+// Given squared row norms stay in float32, the accumulation dtype of the autocast dtypes
+// (a float32 weight's norms, computed before its cast, are the more accurate ones).
 template <c10::DeviceType kDevice>
 EncoderOutputs sigmoid_encoder_autocast(
-    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& squared_row_norms) {
   const NoAutocast no_autocast;
   const at::ScalarType dtype = autocast_dtype<kDevice>();
-  return sigmoid_encoder(cast<kDevice>(dtype, x), cast<kDevice>(dtype, weight), cast<kDevice>(dtype, bias));
+  return sigmoid_encoder(cast<kDevice>(dtype, x), cast<kDevice>(dtype, weight), cast<kDevice>(dtype, bias),
+                         cast<kDevice>(at::kFloat, squared_row_norms));
 }
 
 template <c10::DeviceType kDevice>
 EncoderOutputs masked_sigmoid_encoder_autocast(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, double q,
-    const at::Tensor& seed) {
+    const at::Tensor& seed, const c10::optional<at::Tensor>& squared_row_norms) {
   const NoAutocast no_autocast;
   const at::ScalarType dtype = autocast_dtype<kDevice>();
   return masked_sigmoid_encoder(cast<kDevice>(dtype, x), cast<kDevice>(dtype, weight), cast<kDevice>(dtype, bias), q,
-                                seed);
+                                seed, cast<kDevice>(at::kFloat, squared_row_norms));
 }
 
 template <c10::DeviceType kDevice>
@@ -90,7 +94,7 @@ void register_autocast(torch::Library& m) {
   m.impl("kl_sparsity", &kl_sparsity_autocast<kDevice>);
   m.impl("weight_decay", &weight_decay_autocast<kDevice>);
   for (const char* name : {"mask_noise", "sigmoid_encoder_backward", "sigmoid_reconstruction_loss_backward",
-                           "kl_sparsity_backward", "weight_decay_backward"}) {
+                           "kl_sparsity_backward", "weight_decay_backward", "squared_row_norms"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&call_without_autocast>());
   }
 }

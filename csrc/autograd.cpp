@@ -28,6 +28,7 @@
 #include <array>
 #include <limits>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -58,11 +59,14 @@ bool records_graph(std::initializer_list<c10::optional<at::Tensor>> tensors) {
 
 // d = h (1 - h); delta = (g_h + g_rho / B) d + g_c (2/B) c d^2 (1 - 2h); grad_x = delta W,
 // grad_W = delta^T x + g_c (2/B) diag(sum_i d_il^2) W, grad_b = sum_i delta_i. c = ||W_l||^2
-// is recomputed from the weight, so that its dependence on W is differentiated too.
+// is recomputed from the weight, so that its dependence on W is differentiated too; or,
+// when the forward was given c as an input, c is that input, and the last term of grad_W
+// becomes grad_c = g_c (1/B) sum_i d_il^2.
 EncoderGradients sigmoid_encoder_backward_differentiable(
     const c10::optional<at::Tensor>& grad_hidden, const c10::optional<at::Tensor>& grad_mean_activation,
     const c10::optional<at::Tensor>& grad_contractive, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& hidden, std::array<bool, 3> output_mask) {
+    const at::Tensor& hidden, const c10::optional<at::Tensor>& squared_row_norms, bool squared_row_norms_is_input,
+    std::array<bool, 4> output_mask) {
   const double inv_batch = 1.0 / static_cast<double>(x.size(0));
   const at::Tensor d = hidden * (1 - hidden);
   at::Tensor delta;
@@ -73,7 +77,9 @@ EncoderGradients sigmoid_encoder_backward_differentiable(
   if (grad_contractive.has_value()) {
     const at::Tensor scale = grad_contractive->reshape({}) * (2.0 * inv_batch);
     const at::Tensor d2 = d * d;
-    add(scale * weight.square().sum(1) * d2 * (1 - 2 * hidden));
+    const at::Tensor c = squared_row_norms_is_input ? squared_row_norms->to(hidden.scalar_type())
+                                                    : weight.square().sum(1);
+    add(scale * c * d2 * (1 - 2 * hidden));
     row_scale = scale * d2.sum(0);
   }
   if (!delta.defined()) delta = at::zeros_like(hidden);
@@ -81,10 +87,15 @@ EncoderGradients sigmoid_encoder_backward_differentiable(
   at::Tensor grad_weight = not_wanted();
   if (output_mask[1]) {
     grad_weight = at::mm(delta.t(), x);
-    if (row_scale.defined()) grad_weight = grad_weight + row_scale.unsqueeze(1) * weight;
+    if (row_scale.defined() && !squared_row_norms_is_input) grad_weight = grad_weight + row_scale.unsqueeze(1) * weight;
+  }
+  at::Tensor grad_norms = not_wanted();
+  if (output_mask[3] && squared_row_norms_is_input) {
+    grad_norms = row_scale.defined() ? (row_scale * 0.5).to(squared_row_norms->scalar_type())
+                                     : at::zeros_like(*squared_row_norms);
   }
   return {output_mask[0] ? at::mm(delta, weight) : not_wanted(), grad_weight,
-          output_mask[2] ? delta.sum(0) : not_wanted()};
+          output_mask[2] ? delta.sum(0) : not_wanted(), grad_norms};
 }
 
 // grad_logits = g_r s + (g_loss / B) dloss, s = xhat (1 - xhat), dloss = xhat - x for the
@@ -131,16 +142,20 @@ std::vector<at::Tensor> weight_decay_backward_differentiable(const at::Tensor& g
 EncoderGradients sigmoid_encoder_backward_autograd(
     const c10::optional<at::Tensor>& grad_hidden, const c10::optional<at::Tensor>& grad_mean_activation,
     const c10::optional<at::Tensor>& grad_contractive, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& hidden, const c10::optional<at::Tensor>& squared_row_norms, std::array<bool, 3> output_mask) {
-  if (records_graph({grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden})) {
+    const at::Tensor& hidden, const c10::optional<at::Tensor>& squared_row_norms, bool squared_row_norms_is_input,
+    std::array<bool, 4> output_mask) {
+  const c10::optional<at::Tensor> input_norms = squared_row_norms_is_input ? squared_row_norms : c10::nullopt;
+  if (records_graph({grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden, input_norms})) {
     check_encoder_backward_inputs(grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden,
                                   squared_row_norms);
+    TORCH_CHECK_VALUE(!squared_row_norms_is_input || squared_row_norms.has_value(),
+                      "pyae: squared_row_norms_is_input needs the squared_row_norms the forward was given");
     return sigmoid_encoder_backward_differentiable(grad_hidden, grad_mean_activation, grad_contractive, x, weight,
-                                                   hidden, output_mask);
+                                                   hidden, squared_row_norms, squared_row_norms_is_input, output_mask);
   }
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return detail::sigmoid_encoder_backward(grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden,
-                                          squared_row_norms, output_mask);
+                                          squared_row_norms, squared_row_norms_is_input, output_mask);
 }
 
 at::Tensor sigmoid_reconstruction_loss_backward_autograd(
@@ -179,19 +194,36 @@ std::vector<at::Tensor> weight_decay_backward_autograd(const at::Tensor& grad, a
 // ---------------------------------------------------------------------------------------
 // Autograd of the forward operators.
 
-// The encoder's gradients with respect to (its input, weight, bias) for the upstream
-// gradients `grads` of (hidden, mean_activation, contractive, squared_row_norms);
-// needs_input_grad counts tensor inputs only, so without a bias there is no index 2.
+// The encoder's gradients with respect to (its input, weight, bias, squared_row_norms) for
+// the upstream gradients `grads` of (hidden, mean_activation, contractive,
+// squared_row_norms). needs_input_grad counts the tensor inputs that were given, so the
+// index of each optional one depends on the ones before it: norms_index is that of
+// squared_row_norms (the masked encoder's seed comes before it).
 variable_list encoder_gradients(AutogradContext* ctx, const variable_list& grads, const at::Tensor& input,
                                 const at::Tensor& weight, const at::Tensor& hidden,
-                                const at::Tensor& squared_row_norms, bool has_bias) {
-  const std::array<bool, 3> output_mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                           has_bias && ctx->needs_input_grad(2)};
-  auto [grad_input, grad_weight, grad_bias] = detail::sigmoid_encoder_backward(
-      defined_or_none(grads[0]), defined_or_none(grads[1]), defined_or_none(grads[2]), input, weight, hidden,
-      squared_row_norms, output_mask);
+                                const at::Tensor& squared_row_norms, int64_t norms_index) {
+  const bool has_bias = ctx->saved_data["has_bias"].toBool();
+  const bool norms_given = ctx->saved_data["norms_given"].toBool();
+  const std::array<bool, 4> output_mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                           has_bias && ctx->needs_input_grad(2),
+                                           norms_given && ctx->needs_input_grad(norms_index)};
+  const auto call = [&] {
+    return detail::sigmoid_encoder_backward(defined_or_none(grads[0]), defined_or_none(grads[1]),
+                                            defined_or_none(grads[2]), input, weight, hidden, squared_row_norms,
+                                            norms_given, output_mask);
+  };
+  // An ordinary backward (no create_graph) goes straight to the device kernel: the backward
+  // operator's autograd kernel would only decide the same and dispatch again.
+  EncoderGradients gradients;
+  if (at::GradMode::is_enabled()) {
+    gradients = call();
+  } else {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    gradients = call();
+  }
+  auto [grad_input, grad_weight, grad_bias, grad_norms] = gradients;
   return {output_mask[0] ? grad_input : at::Tensor(), output_mask[1] ? grad_weight : at::Tensor(),
-          output_mask[2] ? grad_bias : at::Tensor()};
+          output_mask[2] ? grad_bias : at::Tensor(), output_mask[3] ? grad_norms : at::Tensor()};
 }
 
 variable_list encoder_outputs(AutogradContext* ctx, const EncoderOutputs& outputs) {
@@ -201,20 +233,30 @@ variable_list encoder_outputs(AutogradContext* ctx, const EncoderOutputs& output
   return {hidden, mean_activation, contractive, squared_row_norms};
 }
 
+// The c that the forward used: the given squared_row_norms, or the forward's own (its fourth
+// output); and whether it was given.
+std::pair<at::Tensor, bool> used_norms(const c10::optional<at::Tensor>& given, const EncoderOutputs& outputs) {
+  return given.has_value() ? std::make_pair(*given, true) : std::make_pair(std::get<3>(outputs), false);
+}
+
 class SigmoidEncoderFunction : public torch::autograd::Function<SigmoidEncoderFunction> {
  public:
   static variable_list forward(
-      AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+      AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+      const c10::optional<at::Tensor>& squared_row_norms) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    const EncoderOutputs outputs = sigmoid_encoder(x, weight, bias);
-    ctx->save_for_backward({x, weight, std::get<0>(outputs), std::get<3>(outputs)});
+    const EncoderOutputs outputs = sigmoid_encoder(x, weight, bias, squared_row_norms);
+    const auto [norms, given] = used_norms(squared_row_norms, outputs);
+    ctx->save_for_backward({x, weight, std::get<0>(outputs), norms});
     ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->saved_data["norms_given"] = given;
     return encoder_outputs(ctx, outputs);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    return encoder_gradients(ctx, grads, saved[0], saved[1], saved[2], saved[3], ctx->saved_data["has_bias"].toBool());
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    return encoder_gradients(ctx, grads, saved[0], saved[1], saved[2], saved[3], has_bias ? 3 : 2);
   }
 };
 
@@ -224,11 +266,14 @@ class SigmoidEncoderFunction : public torch::autograd::Function<SigmoidEncoderFu
 class MaskedSigmoidEncoderFunction : public torch::autograd::Function<MaskedSigmoidEncoderFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                               const c10::optional<at::Tensor>& bias, double q, const at::Tensor& seed) {
+                               const c10::optional<at::Tensor>& bias, double q, const at::Tensor& seed,
+                               const c10::optional<at::Tensor>& squared_row_norms) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    const EncoderOutputs outputs = sigmoid_encoder(mask_noise(x, q, seed), weight, bias);
-    ctx->save_for_backward({x, weight, std::get<0>(outputs), std::get<3>(outputs), seed});
+    const EncoderOutputs outputs = sigmoid_encoder(mask_noise(x, q, seed), weight, bias, squared_row_norms);
+    const auto [norms, given] = used_norms(squared_row_norms, outputs);
+    ctx->save_for_backward({x, weight, std::get<0>(outputs), norms, seed});
     ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->saved_data["norms_given"] = given;
     ctx->saved_data["q"] = q;
     return encoder_outputs(ctx, outputs);
   }
@@ -240,13 +285,12 @@ class MaskedSigmoidEncoderFunction : public torch::autograd::Function<MaskedSigm
     const at::Tensor& seed = saved[4];
     // Only the weight's gradient reads the (corrupted) input; the others need its shape alone.
     const at::Tensor input = ctx->needs_input_grad(1) ? mask_noise(x, q, seed) : x;
-    variable_list result =
-        encoder_gradients(ctx, grads, input, saved[1], saved[2], saved[3], ctx->saved_data["has_bias"].toBool());
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    variable_list result = encoder_gradients(ctx, grads, input, saved[1], saved[2], saved[3], has_bias ? 4 : 3);
     // d corrupted / d x is the mask itself: the input's gradient goes through the same mask.
     if (result[0].defined()) result[0] = mask_noise(result[0], q, seed);
-    result.push_back(at::Tensor());  // q
-    result.push_back(at::Tensor());  // seed
-    return result;
+    // In the forward's argument order: (x, weight, bias, q, seed, squared_row_norms).
+    return {result[0], result[1], result[2], at::Tensor(), at::Tensor(), result[3]};
   }
 };
 
@@ -332,14 +376,15 @@ EncoderOutputs to_encoder_outputs(const variable_list& outputs) {
 }
 
 EncoderOutputs sigmoid_encoder_autograd(
-    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  return to_encoder_outputs(SigmoidEncoderFunction::apply(x, weight, bias));
+    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& squared_row_norms) {
+  return to_encoder_outputs(SigmoidEncoderFunction::apply(x, weight, bias, squared_row_norms));
 }
 
 EncoderOutputs masked_sigmoid_encoder_autograd(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, double q,
-    const at::Tensor& seed) {
-  return to_encoder_outputs(MaskedSigmoidEncoderFunction::apply(x, weight, bias, q, seed));
+    const at::Tensor& seed, const c10::optional<at::Tensor>& squared_row_norms) {
+  return to_encoder_outputs(MaskedSigmoidEncoderFunction::apply(x, weight, bias, q, seed, squared_row_norms));
 }
 
 std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss_autograd(

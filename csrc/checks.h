@@ -7,7 +7,11 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include <initializer_list>
 #include <string>
+#include <utility>
+
+#include <ATen/core/List.h>
 
 namespace pyae {
 
@@ -47,6 +51,21 @@ inline void check_encoder_inputs(const at::Tensor& x, const at::Tensor& weight, 
   }
 }
 
+// c_l = ||weight_l||^2 given with a (k, n) weight: (k,) in the accumulation dtype of the
+// weight's, on its device.
+inline void check_squared_row_norms(const at::Tensor& squared_row_norms, const at::Tensor& weight) {
+  const at::ScalarType accumulation = at::toOpMathType(weight.scalar_type());
+  TORCH_CHECK_TYPE(
+      squared_row_norms.scalar_type() == accumulation, "pyae: squared_row_norms must have dtype ", accumulation,
+      " (the accumulation dtype of the weight's ", weight.scalar_type(), "), got ", squared_row_norms.scalar_type());
+  TORCH_CHECK_VALUE(
+      squared_row_norms.device() == weight.device(), "pyae: squared_row_norms is on ", squared_row_norms.device(),
+      " but weight is on ", weight.device(), "; they must be on the same device");
+  TORCH_CHECK_VALUE(
+      squared_row_norms.dim() == 1 && squared_row_norms.size(0) == weight.size(0),
+      "pyae: squared_row_norms must have shape (", weight.size(0), ",), got ", squared_row_norms.sizes());
+}
+
 inline void check_encoder_backward_inputs(
     const c10::optional<at::Tensor>& grad_hidden,
     const c10::optional<at::Tensor>& grad_mean_activation,
@@ -78,18 +97,7 @@ inline void check_encoder_backward_inputs(
         grad_contractive->numel() == 1, "pyae: grad_contractive must be a scalar, got shape ",
         grad_contractive->sizes());
   }
-  if (squared_row_norms.has_value()) {
-    const at::ScalarType accumulation = at::toOpMathType(x.scalar_type());
-    TORCH_CHECK_TYPE(
-        squared_row_norms->scalar_type() == accumulation, "pyae: squared_row_norms must have dtype ", accumulation,
-        " (the accumulation dtype of x's ", x.scalar_type(), "), got ", squared_row_norms->scalar_type());
-    TORCH_CHECK_VALUE(
-        squared_row_norms->device() == x.device(), "pyae: squared_row_norms is on ", squared_row_norms->device(),
-        " but x is on ", x.device(), "; they must be on the same device");
-    TORCH_CHECK_VALUE(
-        squared_row_norms->dim() == 1 && squared_row_norms->size(0) == weight.size(0),
-        "pyae: squared_row_norms must have shape (", weight.size(0), ",), got ", squared_row_norms->sizes());
-  }
+  if (squared_row_norms.has_value()) check_squared_row_norms(*squared_row_norms, weight);
 }
 
 inline void check_reconstruction_loss_inputs(const at::Tensor& logits, const at::Tensor& target) {
@@ -154,6 +162,77 @@ inline void check_weight_decay_backward_inputs(const at::Tensor& grad, at::Tenso
   check_weight_decay_inputs(weights);
   check_same_dtype_device(grad, "grad", weights[0], "weights[0]");
   TORCH_CHECK_VALUE(grad.numel() == 1, "pyae: grad must be a scalar, got shape ", grad.sizes());
+}
+
+inline void check_squared_row_norms_input(const at::Tensor& weight) {
+  check_floating(weight, "weight");
+  TORCH_CHECK_VALUE(weight.dim() == 2, "pyae: weight must be 2-D (rows, columns), got shape ", weight.sizes());
+}
+
+// The lists of a fused optimizer update (pyae.cpp's sgd_update_): state holds the lists of
+// per-parameter state tensors (momentum buffers; Adam's averages) with their names, each
+// empty or one tensor per parameter of the parameter's dtype, device and shape; every tensor
+// contiguous; squared_row_norm_grads and squared_row_norms empty or one entry per parameter,
+// (size(0),) in the accumulation dtype for parameters of 2 or more dimensions (an absent
+// gradient, an empty (0,) norms tensor: none).
+inline void check_update_inputs(
+    at::TensorList params, at::TensorList grads, std::initializer_list<std::pair<at::TensorList, const char*>> state,
+    const c10::List<c10::optional<at::Tensor>>& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
+    at::TensorList squared_row_norms) {
+  const size_t count = params.size();
+  const auto check_count = [count](size_t size, const char* name) {
+    TORCH_CHECK_VALUE(size == count, "pyae: ", name, " must hold one entry per parameter (", count, "), got ", size);
+  };
+  check_count(grads.size(), "grads");
+  check_count(weight_decays.size(), "weight_decays");
+  if (!squared_row_norm_grads.empty()) check_count(squared_row_norm_grads.size(), "squared_row_norm_grads");
+  if (!squared_row_norms.empty()) check_count(squared_row_norms.size(), "squared_row_norms");
+  for (const auto& [list, name] : state) {
+    if (!list.empty()) check_count(list.size(), name);
+  }
+  for (size_t i = 0; i < count; ++i) {
+    const at::Tensor& p = params[i];
+    const std::string index = "[" + std::to_string(i) + "]";
+    const std::string param_name = "params" + index;
+    check_floating(p, param_name.c_str());
+    TORCH_CHECK_VALUE(p.is_contiguous() && p.layout() == at::kStrided, "pyae: ", param_name,
+                      " must be a contiguous dense tensor");
+    const auto check_like = [&](const at::Tensor& t, const std::string& name) {
+      check_same_dtype_device(t, name.c_str(), p, param_name.c_str());
+      TORCH_CHECK_VALUE(t.sizes() == p.sizes(), "pyae: ", name, " must have the shape of ", param_name, ", ",
+                        p.sizes(), ", got ", t.sizes());
+      TORCH_CHECK_VALUE(t.is_contiguous() && t.layout() == at::kStrided, "pyae: ", name,
+                        " must be a contiguous dense tensor");
+    };
+    check_like(grads[i], "grads" + index);
+    for (const auto& [list, name] : state) {
+      if (!list.empty()) check_like(list[i], std::string(name) + index);
+    }
+    const at::ScalarType accumulation = at::toOpMathType(p.scalar_type());
+    const auto check_row_vector = [&](const at::Tensor& t, const std::string& name) {
+      TORCH_CHECK_VALUE(p.dim() >= 2, "pyae: ", name, " is given but ", param_name, " has no rows (", p.dim(),
+                        " dimension)");
+      TORCH_CHECK_TYPE(t.scalar_type() == accumulation, "pyae: ", name, " must have dtype ", accumulation, ", got ",
+                       t.scalar_type());
+      TORCH_CHECK_VALUE(t.device() == p.device() && t.dim() == 1 && t.size(0) == p.size(0) && t.is_contiguous(),
+                        "pyae: ", name, " must be contiguous of shape (", p.size(0), ",) on ", p.device(), ", got ",
+                        t.sizes(), " on ", t.device());
+    };
+    if (!squared_row_norm_grads.empty()) {
+      const c10::optional<at::Tensor> r = squared_row_norm_grads.get(i);
+      if (r.has_value()) check_row_vector(*r, "squared_row_norm_grads" + index);
+    }
+    if (!squared_row_norms.empty() && squared_row_norms[i].numel() > 0) {
+      check_row_vector(squared_row_norms[i], "squared_row_norms" + index);
+    }
+  }
+}
+
+// Adam's step count t of params[i]: a float32 scalar tensor on the parameter's device.
+inline void check_adam_step(const at::Tensor& step, const at::Tensor& param, size_t i) {
+  TORCH_CHECK_VALUE(step.numel() == 1 && step.scalar_type() == at::kFloat && step.device() == param.device(),
+                    "pyae: steps[", i, "] must be a float32 scalar tensor on ", param.device(), ", got ",
+                    step.scalar_type(), " of shape ", step.sizes(), " on ", step.device());
 }
 
 }  // namespace pyae

@@ -29,8 +29,8 @@ at::Tensor weight_decay_composite(at::TensorList weights) {
 // Without autograd (no_grad, inference): the two operators one after the other.
 EncoderOutputs masked_sigmoid_encoder_composite(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, double q,
-    const at::Tensor& seed) {
-  return sigmoid_encoder(mask_noise(x, q, seed), weight, bias);
+    const at::Tensor& seed, const c10::optional<at::Tensor>& squared_row_norms) {
+  return sigmoid_encoder(mask_noise(x, q, seed), weight, bias, squared_row_norms);
 }
 
 std::vector<at::Tensor> weight_decay_backward_composite(const at::Tensor& grad, at::TensorList weights) {

@@ -4,6 +4,7 @@
 // through these, never through the backends directly.
 #pragma once
 
+#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
@@ -15,14 +16,17 @@ namespace pyae {
 
 // (hidden, mean_activation, contractive, squared_row_norms): see pyae.cpp's schemas.
 using EncoderOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-// (grad_x, grad_weight, grad_bias).
-using EncoderGradients = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+// (grad_x, grad_weight, grad_bias, grad_squared_row_norms).
+using EncoderGradients = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// A schema's Tensor?[].
+using OptionalTensorList = c10::List<c10::optional<at::Tensor>>;
 
-EncoderOutputs sigmoid_encoder(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
+EncoderOutputs sigmoid_encoder(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                               const c10::optional<at::Tensor>& squared_row_norms = c10::nullopt);
 
 EncoderOutputs masked_sigmoid_encoder(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, double q,
-    const at::Tensor& seed);
+    const at::Tensor& seed, const c10::optional<at::Tensor>& squared_row_norms = c10::nullopt);
 
 std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss(
     const at::Tensor& logits, const at::Tensor& target, bool cross_entropy);
@@ -33,6 +37,18 @@ at::Tensor mask_noise(const at::Tensor& x, double q, const at::Tensor& seed);
 
 at::Tensor weight_decay(at::TensorList weights);
 
+at::Tensor squared_row_norms(const at::Tensor& weight);
+
+void sgd_update_(
+    at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+    const OptionalTensorList& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
+    at::TensorList squared_row_norms, double lr, double momentum, double dampening, bool nesterov, bool first_step);
+
+void adam_update_(
+    at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+    at::TensorList steps, const OptionalTensorList& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
+    at::TensorList squared_row_norms, double lr, double beta1, double beta2, double eps);
+
 // The backward operators: private to the library (autograd.cpp calls them), as torchvision
 // keeps its own.
 namespace detail {
@@ -40,7 +56,8 @@ namespace detail {
 EncoderGradients sigmoid_encoder_backward(
     const c10::optional<at::Tensor>& grad_hidden, const c10::optional<at::Tensor>& grad_mean_activation,
     const c10::optional<at::Tensor>& grad_contractive, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& hidden, const c10::optional<at::Tensor>& squared_row_norms, std::array<bool, 3> output_mask);
+    const at::Tensor& hidden, const c10::optional<at::Tensor>& squared_row_norms, bool squared_row_norms_is_input,
+    std::array<bool, 4> output_mask);
 
 at::Tensor sigmoid_reconstruction_loss_backward(
     const c10::optional<at::Tensor>& grad_reconstruction, const c10::optional<at::Tensor>& grad_loss,

@@ -8,6 +8,7 @@
 //   contractive       = (1/B) sum_i sum_l d_il^2 c_l      (mean squared Frobenius norm of dh/dx)
 //   kl_sparsity       = sum_l KL(rho || mean_activation_l)  (Bernoulli KL against the target rho)
 //   weight_decay      = (1/2) sum_W ||W||^2                   (gradient: W)
+// The fused optimizer updates (sgd_update_, adam_update_) follow torch.optim.SGD and Adam.
 
 #include <Python.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -36,18 +37,29 @@ TORCH_LIBRARY(pyae, m) {
   // c = ||W_l||^2 (k,) in the accumulation dtype (float for float16/bfloat16), is what the
   // contractive term was computed with: the backward reuses it instead of reading the weight
   // once more. It is not differentiable (like native_layer_norm's mean and rstd).
+  //
+  // squared_row_norms may instead be given, (k,) in the accumulation dtype: c is then an
+  // input of its own, read instead of the weight's rows (no pass over the weight), and the
+  // contractive term's dependence on c reaches c's gradient instead of the weight's. This is
+  // how a fused optimizer update (sgd_update_, adam_update_) that computes the next step's
+  // norms while it writes the weight, and applies the chain rule through c in the same pass,
+  // spares a training step both of the term's passes over the weight. The fourth output is
+  // then an empty (0,) tensor.
   m.def(
-      "sigmoid_encoder(Tensor x, Tensor weight, Tensor? bias) -> "
+      "sigmoid_encoder(Tensor x, Tensor weight, Tensor? bias, Tensor? squared_row_norms=None) -> "
       "(Tensor hidden, Tensor mean_activation, Tensor contractive, Tensor squared_row_norms)");
   // Its backward. Any upstream gradient may be None (that output was unused). A grad_hidden
   // broadcast along the batch (stride 0, as from hidden.sum()) is read as one row, never
-  // materialized. squared_row_norms is the forward's fourth output, or None to recompute it.
-  // output_mask says which of (grad_x, grad_weight, grad_bias) are wanted; an unwanted one
-  // comes back as an empty tensor of shape (0,) and costs nothing.
+  // materialized. squared_row_norms is the c the forward used, or None to recompute it from
+  // the weight; squared_row_norms_is_input says whether the forward was given it (its share
+  // of the gradient then goes to grad_squared_row_norms, not to grad_weight). output_mask
+  // says which of (grad_x, grad_weight, grad_bias, grad_squared_row_norms) are wanted; an
+  // unwanted one comes back as an empty tensor of shape (0,) and costs nothing.
   m.def(
       "sigmoid_encoder_backward(Tensor? grad_hidden, Tensor? grad_mean_activation, "
       "Tensor? grad_contractive, Tensor x, Tensor weight, Tensor hidden, Tensor? squared_row_norms, "
-      "bool[3] output_mask) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+      "bool squared_row_norms_is_input, bool[4] output_mask) -> "
+      "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_squared_row_norms)");
 
   // The sigmoid decoder's activation fused with its reconstruction loss, from the logits
   // z = h @ W'.T + c: reconstruction = sigmoid(z), and the loss summed over the features and
@@ -82,7 +94,8 @@ TORCH_LIBRARY(pyae, m) {
   // corrupted input, and recomputes the mask in the backward: a training step then keeps
   // exactly what an uncorrupted one keeps.
   m.def(
-      "masked_sigmoid_encoder(Tensor x, Tensor weight, Tensor? bias, float q, Tensor seed) -> "
+      "masked_sigmoid_encoder(Tensor x, Tensor weight, Tensor? bias, float q, Tensor seed, "
+      "Tensor? squared_row_norms=None) -> "
       "(Tensor hidden, Tensor mean_activation, Tensor contractive, Tensor squared_row_norms)");
 
   // Weight decay: (1/2) sum over the given weight matrices of ||W||^2 (never biases), whose
@@ -92,6 +105,39 @@ TORCH_LIBRARY(pyae, m) {
   m.def("weight_decay(Tensor[] weights) -> Tensor");
   // Its backward: grad * W for each weight.
   m.def("weight_decay_backward(Tensor grad, Tensor[] weights) -> Tensor[]");
+
+  // c_l = ||weight_l||^2 of a (k, n) weight, (k,) in the accumulation dtype: the encoder's
+  // squared_row_norms, to be given to it.
+  m.def("squared_row_norms(Tensor weight) -> Tensor");
+
+  // Fused optimizer updates: one pass over each parameter that applies the whole update in
+  // place, with torch.optim's arithmetic (update_math.h), and takes in the same pass what a
+  // regularized autoencoder's weight-side terms need (pyae/optim.py):
+  //   - the gradient g = grad + weight_decays[i] * p, plus 2 * r_l * p_l for every row l when
+  //     squared_row_norm_grads[i] = r is given (the chain rule through c_l = ||p_l||^2, the
+  //     share of the gradient that the encoder leaves to its squared_row_norms input);
+  //   - the squared row norms of the updated parameter written into squared_row_norms[i]
+  //     when that is a (size(0),) tensor (an empty (0,) tensor: none): the next step's c, at
+  //     no extra pass over memory.
+  // Lists hold one entry per parameter (squared_row_norm_grads, squared_row_norms and
+  // momentum_buffers may be empty: none at all). Every tensor of an entry has the
+  // parameter's dtype, device and shape and is contiguous; r and the norms are (size(0),)
+  // in the accumulation dtype, for parameters of 2 or more dimensions (rows along dim 0).
+  //
+  // SGD: with momentum, buf = g on the first step, else momentum * buf + (1 - dampening) * g;
+  // the step is buf, or g + momentum * buf with nesterov; p -= lr * step.
+  m.def(
+      "sgd_update_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
+      "Tensor?[] squared_row_norm_grads, float[] weight_decays, Tensor(c!)[] squared_row_norms, float lr, "
+      "float momentum, float dampening, bool nesterov, bool first_step) -> ()");
+  // Adam (L2 weight decay and no amsgrad, as torch.optim.Adam's defaults): m += (1 - beta1) (g - m),
+  // v = beta2 v + (1 - beta2) g^2, p -= lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
+  // with t = steps[i], a float32 scalar tensor on the parameter's device that the caller has
+  // already advanced (read on the device: no host synchronization).
+  m.def(
+      "adam_update_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor[] steps, Tensor?[] squared_row_norm_grads, float[] weight_decays, Tensor(d!)[] squared_row_norms, "
+      "float lr, float beta1, float beta2, float eps) -> ()");
 }
 
 // The C++ entry points of ops.h (torchvision's pattern): each looks its operator up once,
@@ -101,16 +147,17 @@ namespace pyae {
 #define PYAE_OPERATOR(name) \
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("pyae::" #name, "").typed<decltype(name)>()
 
-EncoderOutputs sigmoid_encoder(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+EncoderOutputs sigmoid_encoder(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                               const c10::optional<at::Tensor>& squared_row_norms) {
   PYAE_OPERATOR(sigmoid_encoder);
-  return op.call(x, weight, bias);
+  return op.call(x, weight, bias, squared_row_norms);
 }
 
 EncoderOutputs masked_sigmoid_encoder(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, double q,
-    const at::Tensor& seed) {
+    const at::Tensor& seed, const c10::optional<at::Tensor>& squared_row_norms) {
   PYAE_OPERATOR(masked_sigmoid_encoder);
-  return op.call(x, weight, bias, q, seed);
+  return op.call(x, weight, bias, q, seed, squared_row_norms);
 }
 
 std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss(
@@ -134,15 +181,39 @@ at::Tensor weight_decay(at::TensorList weights) {
   return op.call(weights);
 }
 
+at::Tensor squared_row_norms(const at::Tensor& weight) {
+  PYAE_OPERATOR(squared_row_norms);
+  return op.call(weight);
+}
+
+void sgd_update_(
+    at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+    const OptionalTensorList& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
+    at::TensorList squared_row_norms, double lr, double momentum, double dampening, bool nesterov, bool first_step) {
+  PYAE_OPERATOR(sgd_update_);
+  op.call(params, grads, momentum_buffers, squared_row_norm_grads, weight_decays, squared_row_norms, lr, momentum,
+          dampening, nesterov, first_step);
+}
+
+void adam_update_(
+    at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+    at::TensorList steps, const OptionalTensorList& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
+    at::TensorList squared_row_norms, double lr, double beta1, double beta2, double eps) {
+  PYAE_OPERATOR(adam_update_);
+  op.call(params, grads, exp_avgs, exp_avg_sqs, steps, squared_row_norm_grads, weight_decays, squared_row_norms, lr,
+          beta1, beta2, eps);
+}
+
 namespace detail {
 
 EncoderGradients sigmoid_encoder_backward(
     const c10::optional<at::Tensor>& grad_hidden, const c10::optional<at::Tensor>& grad_mean_activation,
     const c10::optional<at::Tensor>& grad_contractive, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& hidden, const c10::optional<at::Tensor>& squared_row_norms, std::array<bool, 3> output_mask) {
+    const at::Tensor& hidden, const c10::optional<at::Tensor>& squared_row_norms, bool squared_row_norms_is_input,
+    std::array<bool, 4> output_mask) {
   PYAE_OPERATOR(sigmoid_encoder_backward);
   return op.call(grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden, squared_row_norms,
-                 output_mask);
+                 squared_row_norms_is_input, output_mask);
 }
 
 at::Tensor sigmoid_reconstruction_loss_backward(

@@ -3,7 +3,8 @@
 Fused CPU and CUDA kernels compute the sigmoid encoder together with the closed-form
 contractive penalty and the sparsity statistics (``pyae.ops``, ``pyae.functional``); thin
 modules build the plain, denoising, sparse and contractive autoencoders on them
-(``pyae.modules``), ``pyae.stacked`` stacks them (greedy layer-wise pretraining, then
+(``pyae.modules``), ``pyae.optim`` fuses their optimizer's update with the penalties'
+weight-side terms, ``pyae.stacked`` stacks them (greedy layer-wise pretraining, then
 supervised fine-tuning), and ``pyae.TrainStep`` runs a whole training step, on a GPU as one
 captured CUDA graph. ``pyae.config``, ``pyae.training`` and ``pyae.checkpoint`` are the
 resumable training loop, ``pyae.distributed`` its multi-process support, ``pyae.data`` reads
@@ -20,6 +21,7 @@ from pyae.modules import (
     SparseAutoencoder,
 )
 from pyae.ops import EncoderOutput, ReconstructionOutput, has_cuda_kernels
+from pyae import optim
 from pyae.step import TrainStep
 from pyae import stacked
 from pyae.stacked import StackedAutoencoder, StackedClassifier, finetune, pretrain
@@ -37,6 +39,7 @@ __all__ = [
     "ReconstructionOutput",
     "functional",
     "ops",
+    "optim",
     "has_cuda_kernels",
     "StackedAutoencoder",
     "StackedClassifier",

@@ -18,6 +18,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 
 import pyae
+from pyae import distributed, optim
 from pyae.modules import Autoencoder
 from pyae.validation import (
     autoencoder_options,
@@ -240,22 +241,29 @@ def build_model(config: TrainConfig, n_inputs: int, *, device=None) -> Autoencod
 
 
 def build_optimizer(config: TrainConfig, model: Autoencoder) -> torch.optim.Optimizer:
-    """The optimizer that ``config`` names for ``model`` (torch's default implementation,
-    foreach where the device has it).
+    """The optimizer that ``config`` names for ``model``: pyae's fused SGD or Adam
+    (:mod:`pyae.optim`, torch's arithmetic in one pass per parameter) given the model, so that
+    the update applies its weight decay and the chain rule through the contractive penalty's
+    squared row norms in the pass it makes over each weight anyway.
 
-    With ``config.weight_decay > 0`` the optimizer applies the weight decay's gradient, the
-    lecture's ``lambda * W`` on the weight matrices only (:meth:`pyae.Autoencoder.parameter_groups`),
-    and ``model.optimizer_applies_weight_decay`` is set: the loss keeps the term's value, and
-    the update adds its gradient in the pass it makes anyway. :func:`pyae.training.train`
-    clears that flag on the model it returns.
+    It sets ``model.optimizer_applies_weight_decay`` when the model has weight decay (the loss
+    keeps the term's value); :func:`pyae.training.train` hands the terms back to the model it
+    returns (``optimizer.detach_autoencoder()``). Under ``torch.distributed`` the optimizer
+    applies the weight decay alone (DistributedDataParallel averages the parameters'
+    gradients, not the norms').
     """
     if not isinstance(model, Autoencoder):
         raise TypeError(f"model must be a pyae.Autoencoder, got {type(model).__name__}")
-    parameters = model.parameters()
-    if config.weight_decay > 0.0:
-        model.optimizer_applies_weight_decay = True
-        parameters = model.parameter_groups()
+    if distributed.ranks() is None:
+        parameters, autoencoder = model.parameters(), model
+    else:
+        # Under DistributedDataParallel only the parameters' gradients are averaged across
+        # ranks, not the squared row norms': the optimizer applies the weight decay alone
+        # (torch's weight_decay on the weight matrices), the model keeps the rest.
+        parameters, autoencoder = model.parameters(), None
+        if model.weight_decay > 0.0:
+            parameters = model.parameter_groups()
+            model.optimizer_applies_weight_decay = True
     if config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum)
-    # A captured step needs Adam's step counter on the device.
-    return torch.optim.Adam(parameters, lr=config.lr, capturable=config.cuda_graph)
+        return optim.SGD(parameters, lr=config.lr, momentum=config.momentum, autoencoder=autoencoder)
+    return optim.Adam(parameters, lr=config.lr, autoencoder=autoencoder)

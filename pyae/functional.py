@@ -190,7 +190,8 @@ def _draw_seed(generator: Optional[torch.Generator], device) -> Tensor:
 
 
 def masked_sigmoid_encoder(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: float, *,
-                           generator: Optional[torch.Generator] = None) -> EncoderOutput:
+                           generator: Optional[torch.Generator] = None,
+                           squared_row_norms: Optional[Tensor] = None) -> EncoderOutput:
     """The encoder of a masked input: ``sigmoid_encoder(mask_noise(x, q, generator=g), ...)``,
     the same numbers for the same generator state, but the corrupted input is never kept for
     the backward: autograd keeps the clean ``x`` and the noise's seed and recomputes the mask,
@@ -198,7 +199,7 @@ def masked_sigmoid_encoder(x: Tensor, weight: Tensor, bias: Optional[Tensor], q:
 
     Args:
         x: the clean input, ``(B, n)``.
-        weight, bias: as in :func:`sigmoid_encoder`.
+        weight, bias, squared_row_norms: as in :func:`sigmoid_encoder`.
         q: the masking probability in ``[0, 1]``.
         generator: an optional ``torch.Generator`` on ``x``'s device.
     """
@@ -206,8 +207,8 @@ def masked_sigmoid_encoder(x: Tensor, weight: Tensor, bias: Optional[Tensor], q:
     q = check_probability(q, "q", closed=True)
     check_generator(generator)
     if q == 0.0:
-        return sigmoid_encoder(x, weight, bias)
-    return _ops.masked_sigmoid_encoder(x, weight, bias, q, _draw_seed(generator, x.device))
+        return sigmoid_encoder(x, weight, bias, squared_row_norms)
+    return _ops.masked_sigmoid_encoder(x, weight, bias, q, _draw_seed(generator, x.device), squared_row_norms)
 
 
 def gaussian_noise(x: Tensor, std: float, *, generator: Optional[torch.Generator] = None) -> Tensor:

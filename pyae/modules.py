@@ -129,6 +129,10 @@ class Autoencoder(nn.Module):
         # the term's value without a gradient, which saves the term's passes over the weights in
         # the backward (at small batches a step is bound by such passes).
         self.optimizer_applies_weight_decay: bool = False
+        # The squared row norms of the weight matrices as kept by a pyae.optim optimizer built
+        # with autoencoder=self (pyae.optim.TrackedNorms), or None: the forward then gives the
+        # encoder its c instead of computing it, and takes weight decay's value from them.
+        self._tracked_norms = None
 
         factory = {"device": device, "dtype": dtype}
         self.encoder = nn.Linear(n_inputs, n_hidden, **factory)
@@ -138,6 +142,13 @@ class Autoencoder(nn.Module):
         else:
             self.decoder = nn.Linear(n_hidden, n_inputs, **factory)
             self.decoder_bias = None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # A copy (deepcopy, pickle) is not stepped by the original's optimizer: it computes its
+        # own squared row norms and keeps its whole gradients.
+        state = dict(super().__getstate__())
+        state["_tracked_norms"] = None
+        return state
 
     # ----------------------------------------------------------------------------------
     @property
@@ -234,14 +245,18 @@ class Autoencoder(nn.Module):
             generator: an optional ``torch.Generator`` for the corruption noise.
         """
         self._check_input(x)
+        tracked = self._tracked_norms.current(self) if self._tracked_norms is not None else None
+        # With a pyae.optim optimizer, the encoder reads its c from the optimizer's norms and
+        # leaves the chain rule through c to the update (see pyae.optim).
+        encoder_norms = tracked[0] if tracked is not None and self.contractive_weight > 0.0 else None
         if self.training and self.noise == "mask":
             # The masked encoder recomputes the mask in the backward instead of keeping the
             # corrupted input: the same numbers as encoding self.corrupt(x), less memory.
             encoded = PF.masked_sigmoid_encoder(x, self.encoder.weight, self.encoder.bias, self.noise_level,
-                                                generator=generator)
+                                                generator=generator, squared_row_norms=encoder_norms)
         else:
             corrupted = self.corrupt(x, generator=generator) if self.training and self.noise else x
-            encoded = PF.sigmoid_encoder(corrupted, self.encoder.weight, self.encoder.bias)
+            encoded = PF.sigmoid_encoder(corrupted, self.encoder.weight, self.encoder.bias, encoder_norms)
         logits = self._decoder_logits(encoded.hidden)
         if self.decoder_activation == "sigmoid":
             reconstruction, reconstruction_term = PF.sigmoid_reconstruction_loss(logits, x, self.loss)
@@ -253,8 +268,12 @@ class Autoencoder(nn.Module):
         terms = {"reconstruction": reconstruction_term}
         loss = reconstruction_term
         if self.weight_decay > 0.0:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.optimizer_applies_weight_decay):
-                terms["weight_decay"] = PF.weight_decay(self.weight_matrices())
+            if tracked is not None and self.optimizer_applies_weight_decay:
+                # (1/2) sum ||W||^2 = (1/2) sum_l c_l: no pass over the weights.
+                terms["weight_decay"] = _half_total(tracked, self.encoder.weight.dtype)
+            else:
+                with torch.set_grad_enabled(torch.is_grad_enabled() and not self.optimizer_applies_weight_decay):
+                    terms["weight_decay"] = PF.weight_decay(self.weight_matrices())
             loss = torch.add(loss, terms["weight_decay"], alpha=self.weight_decay)
         if self.sparsity_target is not None:
             mean_activation = global_mean_activation(encoded.mean_activation, x.shape[0], self.statistics_group)
@@ -264,6 +283,14 @@ class Autoencoder(nn.Module):
             terms["contractive"] = encoded.contractive
             loss = torch.add(loss, terms["contractive"], alpha=self.contractive_weight)
         return AutoencoderOutput(loss, reconstruction, encoded.hidden, terms)
+
+
+def _half_total(norms, dtype: torch.dtype) -> Tensor:
+    """``(1/2) sum`` of every entry of the squared-row-norm vectors ``norms``, in ``dtype``,
+    without a gradient (the optimizer applies weight decay's)."""
+    with torch.no_grad():
+        total = norms[0].sum() if len(norms) == 1 else torch.cat(norms).sum()
+        return total.mul_(0.5).to(dtype)
 
 
 class DenoisingAutoencoder(Autoencoder):

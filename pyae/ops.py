@@ -49,6 +49,7 @@ __all__ = [
     "kl_sparsity",
     "weight_decay",
     "mask_noise",
+    "squared_row_norms",
     "has_cuda_kernels",
 ]
 
@@ -84,24 +85,38 @@ def has_cuda_kernels() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("pyae::sigmoid_encoder", "CUDA")
 
 
-def sigmoid_encoder(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> EncoderOutput:
+def sigmoid_encoder(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                    squared_row_norms: Optional[Tensor] = None) -> EncoderOutput:
     """The fused sigmoid encoder: hidden units, their batch mean and the contractive penalty.
 
     Args:
         x: input batch, ``(B, n)``, ``B >= 1``.
         weight: encoder weight in the ``nn.Linear`` layout, ``(k, n)``.
         bias: encoder bias, ``(k,)``, or None.
+        squared_row_norms: ``c_l = ||weight_l||^2``, ``(k,)`` in the accumulation dtype
+            (float32 for float32, float16 and bfloat16; float64 for float64), or None to
+            compute it from ``weight``. When given, the contractive penalty reads it instead
+            of the weight's rows, and treats it as an input of its own: the penalty's
+            dependence on ``c`` reaches ``squared_row_norms``' gradient, not ``weight``'s
+            (:mod:`pyae.optim` applies the chain rule through ``c`` in its update).
 
     Returns:
         An :class:`EncoderOutput` ``(hidden, mean_activation, contractive)``. Every output is
-        differentiable with respect to ``x``, ``weight`` and ``bias``.
+        differentiable with respect to ``x``, ``weight``, ``bias`` and ``squared_row_norms``.
 
     Raises:
         TypeError: a non-floating input, or inputs of different dtypes.
         ValueError: wrong ranks or sizes, an empty batch, or inputs on different devices.
     """
-    hidden, mean_activation, contractive, _ = torch.ops.pyae.sigmoid_encoder.default(x, weight, bias)
+    hidden, mean_activation, contractive, _ = torch.ops.pyae.sigmoid_encoder.default(x, weight, bias,
+                                                                                     squared_row_norms)
     return EncoderOutput(hidden, mean_activation, contractive)
+
+
+def squared_row_norms(weight: Tensor) -> Tensor:
+    """``c_l = ||weight_l||^2`` of a ``(k, n)`` weight, ``(k,)`` in the accumulation dtype: what
+    :func:`sigmoid_encoder` computes for its contractive penalty, with the same arithmetic."""
+    return torch.ops.pyae.squared_row_norms.default(weight)
 
 
 def sigmoid_encoder_backward(
@@ -111,18 +126,23 @@ def sigmoid_encoder_backward(
     x: Tensor,
     weight: Tensor,
     hidden: Tensor,
-    output_mask: Tuple[bool, bool, bool] = (True, True, True),
+    output_mask: Sequence[bool] = (True, True, True),
     squared_row_norms: Optional[Tensor] = None,
-) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """Gradients of :func:`sigmoid_encoder` with respect to ``(x, weight, bias)``.
+    squared_row_norms_is_input: bool = False,
+) -> Tuple[Optional[Tensor], ...]:
+    """Gradients of :func:`sigmoid_encoder` with respect to ``(x, weight, bias)``, and with a
+    four-entry ``output_mask`` also ``squared_row_norms``.
 
     Any upstream gradient may be None (that output did not reach the loss). The gradients
     not asked for in ``output_mask`` are not computed and come back as None.
-    ``squared_row_norms`` is the fourth output of ``torch.ops.pyae.sigmoid_encoder``
-    (``||W_l||^2`` in the accumulation dtype), or None to compute it from ``weight``.
+    ``squared_row_norms`` is the ``c`` the forward used: its fourth output (``||W_l||^2`` in
+    the accumulation dtype), or None to compute it from ``weight``; or, with
+    ``squared_row_norms_is_input``, the ``squared_row_norms`` the forward was given.
     """
+    mask = list(output_mask) + [False] * (4 - len(output_mask))
     grads = torch.ops.pyae.sigmoid_encoder_backward.default(
-        grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden, squared_row_norms, list(output_mask)
+        grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden, squared_row_norms,
+        squared_row_norms_is_input, mask
     )
     return tuple(grad if wanted else None for grad, wanted in zip(grads, output_mask))
 
@@ -195,11 +215,35 @@ def mask_noise(x: Tensor, q: float, seed: Tensor) -> Tensor:
     return torch.ops.pyae.mask_noise.default(x, q, seed)
 
 
-def masked_sigmoid_encoder(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: float, seed: Tensor) -> EncoderOutput:
+def masked_sigmoid_encoder(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: float, seed: Tensor,
+                           squared_row_norms: Optional[Tensor] = None) -> EncoderOutput:
     """:func:`sigmoid_encoder` of ``mask_noise(x, q, seed)``, without keeping the corrupted
     input for the backward: autograd keeps ``x`` and the seed and recomputes the mask."""
-    hidden, mean_activation, contractive, _ = torch.ops.pyae.masked_sigmoid_encoder.default(x, weight, bias, q, seed)
+    hidden, mean_activation, contractive, _ = torch.ops.pyae.masked_sigmoid_encoder.default(
+        x, weight, bias, q, seed, squared_row_norms)
     return EncoderOutput(hidden, mean_activation, contractive)
+
+
+def sgd_update_(params: Sequence[Tensor], grads: Sequence[Tensor], momentum_buffers: Sequence[Tensor],
+                squared_row_norm_grads: Sequence[Optional[Tensor]], weight_decays: Sequence[float],
+                squared_row_norms: Sequence[Tensor], *, lr: float, momentum: float, dampening: float,
+                nesterov: bool, first_step: bool) -> None:
+    """The fused SGD update in place (``csrc/pyae.cpp`` documents every argument); use it
+    through :class:`pyae.optim.SGD`."""
+    torch.ops.pyae.sgd_update_.default(list(params), list(grads), list(momentum_buffers),
+                                       list(squared_row_norm_grads), list(weight_decays), list(squared_row_norms),
+                                       lr, momentum, dampening, nesterov, first_step)
+
+
+def adam_update_(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avgs: Sequence[Tensor],
+                 exp_avg_sqs: Sequence[Tensor], steps: Sequence[Tensor],
+                 squared_row_norm_grads: Sequence[Optional[Tensor]], weight_decays: Sequence[float],
+                 squared_row_norms: Sequence[Tensor], *, lr: float, beta1: float, beta2: float, eps: float) -> None:
+    """The fused Adam update in place (``csrc/pyae.cpp`` documents every argument); use it
+    through :class:`pyae.optim.Adam`."""
+    torch.ops.pyae.adam_update_.default(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(steps),
+                                        list(squared_row_norm_grads), list(weight_decays), list(squared_row_norms),
+                                        lr, beta1, beta2, eps)
 
 
 def weight_decay(weights: Sequence[Tensor]) -> Tensor:
@@ -250,24 +294,60 @@ def _check_encoder_arguments(x: Tensor, weight: Tensor, bias: Optional[Tensor]) 
         )
 
 
+def _check_squared_row_norms(squared_row_norms: Tensor, weight: Tensor) -> None:
+    accumulation = _accumulation_dtype(weight.dtype)
+    torch._check_type(
+        squared_row_norms.dtype == accumulation,
+        lambda: f"pyae: squared_row_norms must have dtype {accumulation}, got {squared_row_norms.dtype}",
+    )
+    torch._check_value(
+        squared_row_norms.dim() == 1 and squared_row_norms.shape[0] == weight.shape[0],
+        lambda: f"pyae: squared_row_norms must have shape ({weight.shape[0]},), got {tuple(squared_row_norms.shape)}",
+    )
+
+
 @torch.library.register_fake("pyae::sigmoid_encoder")
-def _sigmoid_encoder_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor]):
+def _sigmoid_encoder_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                          squared_row_norms: Optional[Tensor] = None):
     _check_encoder_arguments(x, weight, bias)
+    if squared_row_norms is not None:
+        _check_squared_row_norms(squared_row_norms, weight)
     batch, hidden_units = x.shape[0], weight.shape[0]
     return (x.new_empty(batch, hidden_units), x.new_empty(hidden_units), x.new_empty(()),
-            x.new_empty(hidden_units, dtype=_accumulation_dtype(x.dtype)))
+            x.new_empty(0 if squared_row_norms is not None else hidden_units, dtype=_accumulation_dtype(x.dtype)))
 
 
 @torch.library.register_fake("pyae::sigmoid_encoder_backward")
 def _sigmoid_encoder_backward_fake(grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden,
-                                   squared_row_norms, output_mask):
+                                   squared_row_norms, squared_row_norms_is_input, output_mask):
     _check_encoder_arguments(x, weight, None)
-    want_x, want_weight, want_bias = output_mask
+    want_x, want_weight, want_bias, want_norms = output_mask
+    want_norms = want_norms and squared_row_norms_is_input
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format) if want_x else x.new_empty(0),
         torch.empty_like(weight, memory_format=torch.contiguous_format) if want_weight else x.new_empty(0),
         weight.new_empty(weight.shape[0]) if want_bias else x.new_empty(0),
+        torch.empty_like(squared_row_norms, memory_format=torch.contiguous_format) if want_norms else x.new_empty(0),
     )
+
+
+@torch.library.register_fake("pyae::squared_row_norms")
+def _squared_row_norms_fake(weight: Tensor):
+    _check_kernel_dtype(weight, "weight")
+    torch._check_value(weight.dim() == 2, lambda: f"pyae: weight must be 2-D, got shape {tuple(weight.shape)}")
+    return weight.new_empty(weight.shape[0], dtype=_accumulation_dtype(weight.dtype))
+
+
+@torch.library.register_fake("pyae::sgd_update_")
+def _sgd_update_fake(params, grads, momentum_buffers, squared_row_norm_grads, weight_decays, squared_row_norms,
+                     lr, momentum, dampening, nesterov, first_step):
+    torch._check_value(len(grads) == len(params), lambda: "pyae: grads must hold one entry per parameter")
+
+
+@torch.library.register_fake("pyae::adam_update_")
+def _adam_update_fake(params, grads, exp_avgs, exp_avg_sqs, steps, squared_row_norm_grads, weight_decays,
+                      squared_row_norms, lr, beta1, beta2, eps):
+    torch._check_value(len(grads) == len(params), lambda: "pyae: grads must hold one entry per parameter")
 
 
 def _check_reconstruction_arguments(logits: Tensor, target: Tensor) -> None:
@@ -340,6 +420,7 @@ def _mask_noise_fake(x: Tensor, q: float, seed: Tensor):
 
 
 @torch.library.register_fake("pyae::masked_sigmoid_encoder")
-def _masked_sigmoid_encoder_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: float, seed: Tensor):
+def _masked_sigmoid_encoder_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor], q: float, seed: Tensor,
+                                 squared_row_norms: Optional[Tensor] = None):
     _mask_noise_fake(x, q, seed)
-    return _sigmoid_encoder_fake(x, weight, bias)
+    return _sigmoid_encoder_fake(x, weight, bias, squared_row_norms)

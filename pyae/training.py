@@ -156,8 +156,11 @@ def train(
             bar.epoch(epoch, metrics, seconds)
     finally:
         bar.close()
-        # The model leaves train() as a plain model: its loss's weight decay term carries its
-        # gradient again (build_optimizer had the optimizer apply it).
+        # The model leaves train() as a plain model: its loss's terms carry their whole
+        # gradients again (build_optimizer had the optimizer apply the weight-side ones).
+        detach = getattr(run.optimizer, "detach_autoencoder", None)
+        if detach is not None:
+            detach()
         getattr(run.model, "module", run.model).optimizer_applies_weight_decay = False
     run.model.eval()
     run.history["epoch"] = [int(e) for e in run.history.get("epoch", [])]
@@ -172,26 +175,37 @@ def stopped_early(history: Mapping[str, List[float]], patience: Optional[int]) -
 
 
 def _regrouped(state: Mapping[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Mapping[str, Any]:
-    """An optimizer state stored with one parameter group (what :func:`pyae.config.build_optimizer`
-    made before the optimizer applied the weight decay), rearranged into ``optimizer``'s groups
-    (the weight matrices with weight decay, the rest without), so that such a run resumes. Other
-    states as they are."""
+    """An optimizer state stored by an earlier pyae (torch's SGD or Adam over one group of every
+    parameter in the model's order, or over two: the weight matrices with weight decay, then
+    the rest), rearranged into ``optimizer``'s groups, so that such a run resumes. A state of
+    ``optimizer``'s own layout as it is."""
     stored = state["param_groups"]
-    if len(stored) != 1 or len(optimizer.param_groups) == 1:
+    current = optimizer.param_groups
+    if [len(g["params"]) for g in stored] == [len(g["params"]) for g in current]:
         return state
     model = getattr(model, "module", model)  # under DistributedDataParallel
-    # One group held every parameter in the model's order.
-    old_index = {id(p): stored[0]["params"][i] for i, p in enumerate(model.parameters())}
+    parameters = list(model.parameters())
+    if len(stored) == 1:
+        order = parameters
+    else:
+        matrices = {id(p) for p in model.weight_matrices()}
+        order = list(model.weight_matrices()) + [p for p in parameters if id(p) not in matrices]
+    flat = [index for group in stored for index in group["params"]]
+    if len(flat) != len(order):
+        raise ValueError(f"the stored optimizer state holds {len(flat)} parameters, the model {len(order)}")
+    old_index = {id(p): flat[i] for i, p in enumerate(order)}
+    hyper = {k: v for k, v in stored[0].items() if k not in ("params", "weight_decay", "capturable")}
     groups, per_parameter, index = [], {}, 0
-    for group in optimizer.param_groups:
+    for group in current:
         indices = []
         for parameter in group["params"]:
-            old = old_index[id(parameter)]
-            if old in state["state"]:
+            old = old_index.get(id(parameter))
+            if old is not None and old in state["state"]:
                 per_parameter[index] = state["state"][old]
             indices.append(index)
             index += 1
-        groups.append({**stored[0], "params": indices, "weight_decay": group["weight_decay"]})
+        known = {k: v for k, v in group.items() if k != "params"}
+        groups.append({**known, **{k: v for k, v in hyper.items() if k in known}, "params": indices})
     return {"state": per_parameter, "param_groups": groups}
 
 

@@ -140,9 +140,10 @@ def test_backward_op_output_mask(device):
                 torch.testing.assert_close(got, wanted, rtol=1e-14, atol=1e-15)
             else:
                 assert got is None
-    raw = torch.ops.pyae.sigmoid_encoder_backward.default(grad_hidden, None, None, x, weight, hidden, None,
-                                                         [True, False, False])
-    assert raw[1].shape == (0,) and raw[2].shape == (0,)
+    raw = torch.ops.pyae.sigmoid_encoder_backward.default(grad_hidden, None, None, x, weight, hidden, None, False,
+                                                         [True, False, False, True])
+    # grad_squared_row_norms is empty too: the forward computed its c, it was not an input.
+    assert raw[1].shape == (0,) and raw[2].shape == (0,) and raw[3].shape == (0,)
 
 
 def test_backward_reuses_the_forward_row_norms(device):
@@ -214,9 +215,10 @@ def test_opcheck_backward(device, mask):
     upstream = (torch.randn_like(hidden), torch.randn(4, dtype=x.dtype, device=device),
                 torch.tensor(0.3, dtype=x.dtype, device=device))
     backward = torch.ops.pyae.sigmoid_encoder_backward.default
-    for saved_norms in (None, norms):
-        torch.library.opcheck(backward, (*upstream, x, weight, hidden, saved_norms, mask))
-        torch.library.opcheck(backward, (None, upstream[1], None, x, weight, hidden, saved_norms, mask))
+    for saved_norms, is_input in ((None, False), (norms, False), (norms, True)):
+        full_mask = [*mask, is_input]
+        torch.library.opcheck(backward, (*upstream, x, weight, hidden, saved_norms, is_input, full_mask))
+        torch.library.opcheck(backward, (None, upstream[1], None, x, weight, hidden, saved_norms, is_input, full_mask))
 
 
 # --------------------------------------------------------------------------------------

@@ -436,19 +436,21 @@ def test_keyboard_interrupt_mid_epoch_keeps_the_last_checkpoint(tmp_path, digits
 
 
 def test_weight_decay_is_applied_by_the_optimizer():
-    # build_optimizer gives the weight matrices the weight decay and marks the model, so the
-    # loss's term carries no gradient (the update adds it).
-    for config, groups in ((tiny(weight_decay=0.01), [2, 2]), (tiny(weight_decay=0.01, tied_weights=True), [1, 2]),
-                           (tiny(), None)):
+    # build_optimizer gives pyae's fused optimizer the model: it applies the weight decay to
+    # the weight matrices and marks the model, so the loss's term carries no gradient; with the
+    # contractive penalty the squared row norms get a group of their own.
+    for config in (tiny(weight_decay=0.01), tiny(weight_decay=0.01, tied_weights=True), tiny(),
+                   tiny(weight_decay=0.01, contractive_weight=0.1)):
         model = build_model(config, 784)
         optimizer = build_optimizer(config, model)
-        assert model.optimizer_applies_weight_decay == (groups is not None)
-        if groups is None:
-            assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["weight_decay"] == 0
-        else:
-            assert [len(g["params"]) for g in optimizer.param_groups] == groups
-            assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
-            assert all(p.dim() == 2 for p in optimizer.param_groups[0]["params"])
+        assert isinstance(optimizer, pyae.optim.SGD) and optimizer.autoencoder is model
+        assert model.optimizer_applies_weight_decay == (config.weight_decay > 0)
+        assert optimizer.param_groups[0]["params"] == list(model.parameters())
+        assert optimizer.param_groups[0]["weight_decay"] == 0
+        norms_groups = [g for g in optimizer.param_groups if g.get(pyae.optim.NORMS_GROUP)]
+        assert len(norms_groups) == (1 if config.contractive_weight > 0 else 0)
+        assert optimizer._extra_decay == {id(w): config.weight_decay for w in model.weight_matrices()
+                                          if config.weight_decay > 0}
 
 
 def test_the_trained_model_has_its_weight_decay_gradient_back(digits):
@@ -460,24 +462,35 @@ def test_the_trained_model_has_its_weight_decay_gradient_back(digits):
     assert model(digits[:8]).terms["weight_decay"].requires_grad
 
 
-def test_a_run_checkpointed_with_weight_decay_in_one_group_resumes(tmp_path, digits):
-    # pyae 0.1.0 kept weight decay in the loss and stored one parameter group; such a
-    # checkpoint resumes into the two groups and ends where the straight run ends (the same
-    # gradient, applied by the optimizer: equal up to rounding, not bitwise).
-    config = tiny(weight_decay=0.05, momentum=0.9)
+@pytest.mark.parametrize("layout", ["one group", "weight matrices and the rest"])
+def test_a_run_checkpointed_by_torch_optimizers_resumes(tmp_path, digits, layout):
+    # Earlier pyae stored torch.optim.SGD's state: one group of every parameter (0.1.0), or
+    # the weight matrices with weight decay and then the rest. Such a checkpoint resumes into
+    # pyae.optim's groups and ends where the straight run ends (the same gradients, added in
+    # another order: equal up to rounding, not bitwise).
+    config = tiny(weight_decay=0.05, momentum=0.9, contractive_weight=0.1)
     straight, _ = train(config, digits, progress=False)
     path = tmp_path / "checkpoint.pt"
     train(config.replace(epochs=1), digits, checkpoint_path=path, progress=False)
     payload = torch.load(path, weights_only=True)
     stored = payload["optimizer"]
     model = build_model(config, 784)
-    grouped = [id(p) for g in model.parameter_groups() for p in g["params"]]  # the stored order
-    in_model_order = [grouped.index(id(p)) for p in model.parameters()]
-    payload["optimizer"] = {
-        "state": {i: stored["state"][old] for i, old in enumerate(in_model_order) if old in stored["state"]},
-        "param_groups": [{**stored["param_groups"][0], "params": list(range(len(in_model_order))),
-                          "weight_decay": 0}],
-    }
+    parameters = list(model.parameters())
+    if layout == "one group":
+        order, groups = parameters, [len(parameters)]
+    else:
+        matrices = list(model.weight_matrices())
+        order = matrices + [p for p in parameters if all(p is not m for m in matrices)]
+        groups = [len(matrices), len(parameters) - len(matrices)]
+    old_of = {id(p): i for i, p in enumerate(parameters)}  # pyae.optim's group 0 is the model's order
+    state = {new: stored["state"][old_of[id(p)]] for new, p in enumerate(order) if old_of[id(p)] in stored["state"]}
+    hyper = {k: v for k, v in stored["param_groups"][0].items() if k != "params"}
+    param_groups, start = [], 0
+    for index, size in enumerate(groups):
+        decay = 0.05 if layout != "one group" and index == 0 else 0.0
+        param_groups.append({**hyper, "params": list(range(start, start + size)), "weight_decay": decay})
+        start += size
+    payload["optimizer"] = {"state": state, "param_groups": param_groups}
     torch.save(payload, path)
     resumed, history = train(config, digits, checkpoint_path=path, resume=True, progress=False)
     assert history["epoch"] == [1, 2, 3]

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 
+#include "cpu/row_norms.h"
 #include "cpu/tiles.h"
 #include "encoder_host.h"
 #include "kernel_math.h"
@@ -17,6 +18,7 @@ namespace pyae {
 namespace {
 
 using cpu::RowTiles;
+using cpu::squared_row_norms_of;
 using cpu::sum_row_tiles;
 
 // Adds sum_i h_il and sum_i d_il^2 over rows [r0, r1) into h_sum[l], d2_sum[l]. The
@@ -57,43 +59,9 @@ PYAE_CPU_MULTIVERSION void delta_rows(const scalar_t* __restrict h, const scalar
   }
 }
 
-// c_l = ||weight_l||^2 for the rows [first, last), accumulated in acc_t. A single running
-// sum is a serial dependency chain the compiler may not reorder; kLanes independent partial
-// sums (added up in a fixed order at the end) vectorize and keep the result the same
-// whatever the thread count.
-template <typename scalar_t, typename acc_t>
-PYAE_CPU_MULTIVERSION void squared_norms_of_rows(const scalar_t* __restrict weight, int64_t n, int64_t first,
-                                                 int64_t last, acc_t* __restrict out) {
-  constexpr int64_t kLanes = 16;
-  for (int64_t l = first; l < last; ++l) {
-    const scalar_t* __restrict row = weight + l * n;
-    acc_t lanes[kLanes] = {};
-    const int64_t full = n - n % kLanes;
-    for (int64_t j = 0; j < full; j += kLanes) {
-      for (int64_t lane = 0; lane < kLanes; ++lane) {
-        const acc_t w = static_cast<acc_t>(row[j + lane]);
-        lanes[lane] += w * w;
-      }
-    }
-    for (int64_t j = full; j < n; ++j) {
-      const acc_t w = static_cast<acc_t>(row[j]);
-      lanes[j - full] += w * w;
-    }
-    acc_t total = 0;
-    for (int64_t lane = 0; lane < kLanes; ++lane) total += lanes[lane];
-    out[l] = total;
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-void squared_row_norms_of(const scalar_t* weight, int64_t k, int64_t n, acc_t* out) {
-  at::parallel_for(0, k, std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)), [&](int64_t first, int64_t last) {
-    squared_norms_of_rows(weight, n, first, last, out);
-  });
-}
-
 struct CpuBackend {
-  static std::tuple<at::Tensor, at::Tensor, at::Tensor> activate_and_reduce(at::Tensor& hidden, const at::Tensor& weight) {
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> activate_and_reduce(
+      at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& given_norms) {
     const int64_t B = hidden.size(0), k = hidden.size(1), n = weight.size(1);
     const RowTiles tiles(B);
     const auto acc_options = hidden.options().dtype(at::toOpMathType(hidden.scalar_type()));
@@ -103,7 +71,7 @@ struct CpuBackend {
     at::Tensor workspace = at::empty({(tiles.count + 1) * 2 * k}, acc_options);
     at::Tensor mean_activation = at::empty({k}, hidden.options());
     at::Tensor contractive = at::empty({}, hidden.options());
-    at::Tensor squared_row_norms = at::empty({k}, acc_options);
+    at::Tensor squared_row_norms = at::empty({given_norms.has_value() ? 0 : k}, acc_options);
 
     // Per tile: ATen's vectorized sigmoid in place (see tiles.h), then the column sums of
     // the rounded h while the tile is in cache, which vectorize from plain C++: together
@@ -113,7 +81,6 @@ struct CpuBackend {
       const scalar_t* h = hidden.const_data_ptr<scalar_t>();
       acc_t* partial = workspace.mutable_data_ptr<acc_t>();
       acc_t* total = partial + tiles.count * 2 * k;
-      acc_t* c = squared_row_norms.mutable_data_ptr<acc_t>();
       tiles.for_each([&](int64_t r0, int64_t r1, int64_t tile) {
         cpu::sigmoid_rows(hidden, hidden, r0, r1);
         acc_t* h_sum = partial + tile * 2 * k;
@@ -121,7 +88,13 @@ struct CpuBackend {
         add_activation_sums(h, h_sum, h_sum + k, r0, r1, k);
       });
       sum_row_tiles(partial, tiles.count, 2, k, total);
-      squared_row_norms_of(weight.const_data_ptr<scalar_t>(), k, n, c);
+      const acc_t* c;
+      if (given_norms.has_value()) {
+        c = given_norms->const_data_ptr<acc_t>();
+      } else {
+        squared_row_norms_of(weight.const_data_ptr<scalar_t>(), k, n, squared_row_norms.mutable_data_ptr<acc_t>());
+        c = squared_row_norms.const_data_ptr<acc_t>();
+      }
 
       scalar_t* mean = mean_activation.mutable_data_ptr<scalar_t>();
       acc_t penalty = 0;
@@ -217,11 +190,24 @@ struct CpuBackend {
   }
 };
 
+at::Tensor squared_row_norms_cpu(const at::Tensor& weight) {
+  check_squared_row_norms_input(weight);
+  const at::Tensor weight_c = weight.contiguous();
+  const int64_t k = weight_c.size(0), n = weight_c.size(1);
+  at::Tensor norms = at::empty({k}, weight_c.options().dtype(at::toOpMathType(weight_c.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_c.scalar_type(), "pyae_squared_row_norms_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    squared_row_norms_of(weight_c.const_data_ptr<scalar_t>(), k, n, norms.mutable_data_ptr<acc_t>());
+  });
+  return norms;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyae, CPU, m) {
   m.impl("sigmoid_encoder", &sigmoid_encoder_forward<CpuBackend>);
   m.impl("sigmoid_encoder_backward", &sigmoid_encoder_backward<CpuBackend>);
+  m.impl("squared_row_norms", &squared_row_norms_cpu);
 }
 
 }  // namespace pyae

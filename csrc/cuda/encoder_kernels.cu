@@ -40,6 +40,7 @@
 #include <type_traits>
 
 #include "cuda/host_helpers.h"
+#include "cuda/row_norms.cuh"
 #include "cuda/vector_access.cuh"
 #include "encoder_host.h"
 #include "kernel_math.h"
@@ -55,6 +56,11 @@ using cuda_detail::load_pack;
 using cuda_detail::opmath_options;
 using cuda_detail::Pack;
 using cuda_detail::store_pack;
+using cuda_detail::kNormThreads;
+using cuda_detail::kNormWarps;
+using cuda_detail::pack_width;
+using cuda_detail::warp_squared_norm;
+using cuda_detail::with_width;
 
 // ---------------------------------------------------------------------------------------
 // Geometry of the fused (B, k) passes.
@@ -79,17 +85,6 @@ constexpr int kFinalizeColumns = 16;
 constexpr int kFinalizeLanes = 16;
 constexpr int kFinalizeThreads = kFinalizeColumns * kFinalizeLanes;  // 256
 constexpr int kFinalizeWarps = kFinalizeThreads / 32;
-
-// Squared row norms: one warp per row of weight.
-constexpr int kNormThreads = 256;
-constexpr int kNormWarps = kNormThreads / 32;
-
-// Vector width in elements: 16-byte loads for float and double, 8-byte loads for the
-// 16-bit types (wider would halve the column tiles and leave SMs idle at k = 1000).
-template <typename scalar_t>
-constexpr int pack_width() {
-  return sizeof(scalar_t) >= 8 ? 2 : 4;
-}
 
 // Rows each lane loads before it computes: enough bytes in flight per thread (~64) to cover
 // memory latency at the large sizes, where a pass has only ~4 blocks per SM. The delta pass
@@ -202,27 +197,6 @@ __device__ __forceinline__ acc_t combine_lanes(const acc_t (&lane_sums)[kFinaliz
   return total;
 }
 
-// ||row||^2 over n elements by one warp: each lane adds a strided slice in order, then a
-// fixed xor butterfly combines the lanes (every lane ends with the same total).
-template <int VEC, typename scalar_t>
-__device__ __forceinline__ at::opmath_type<scalar_t> warp_squared_norm(const scalar_t* __restrict__ row, int64_t n, int lane) {
-  using acc_t = at::opmath_type<scalar_t>;
-  acc_t total = 0;
-  const int64_t packs = n / VEC;  // the host picks VEC > 1 only when VEC divides n
-#pragma unroll 4
-  for (int64_t p = lane; p < packs; p += 32) {
-    const Pack<scalar_t, VEC> w = load_pack<VEC>(row + p * VEC);
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) {
-      const acc_t x = static_cast<acc_t>(w.val[v]);
-      total += x * x;
-    }
-  }
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
-  return total;
-}
-
 // ---------------------------------------------------------------------------------------
 // Forward.
 
@@ -269,14 +243,16 @@ __global__ void __launch_bounds__(kPassThreads, kPassMinBlocksPerSM) activate_ke
 
 // Block b owns columns [16 b, 16 b + 16): it adds the chunk partials of its columns (chunk
 // order, then lane order), writes mean_activation_l = S_h,l / B, computes and writes
-// c_l = ||W_l||^2 for its 16 rows of weight (a warp per row), and publishes its term
+// c_l = ||W_l||^2 for its 16 rows of weight (a warp per row; or reads them from given_norms
+// when that is not null, and writes none), and publishes its term
 // sum_l c_l * S_d2,l to
 // block_terms[b]. The last block to finish (integer ticket) adds block_terms in block order
 // with a tree and writes contractive = total / B.
 template <typename scalar_t, int WVEC>
 __global__ void __launch_bounds__(kFinalizeThreads) forward_finalize_kernel(
     const at::opmath_type<scalar_t>* __restrict__ partials, int64_t chunks, const scalar_t* __restrict__ weight,
-    int64_t B, int64_t k, int64_t n, scalar_t* __restrict__ mean_activation,
+    const at::opmath_type<scalar_t>* __restrict__ given_norms, int64_t B, int64_t k, int64_t n,
+    scalar_t* __restrict__ mean_activation,
     at::opmath_type<scalar_t>* __restrict__ squared_row_norms, at::opmath_type<scalar_t>* __restrict__ block_terms,
     unsigned int* __restrict__ counter,
     scalar_t* __restrict__ contractive) {
@@ -299,7 +275,7 @@ __global__ void __launch_bounds__(kFinalizeThreads) forward_finalize_kernel(
   for (int r = warp; r < kFinalizeColumns; r += kFinalizeWarps) {
     const int64_t row = tile_begin + r;
     acc_t c = 0;
-    if (row < k) c = warp_squared_norm<WVEC>(weight + row * n, n, lane);
+    if (row < k) c = given_norms != nullptr ? given_norms[row] : warp_squared_norm<WVEC>(weight + row * n, n, lane);
     if (lane == 0) norms[r] = c;
   }
   __syncthreads();
@@ -309,7 +285,7 @@ __global__ void __launch_bounds__(kFinalizeThreads) forward_finalize_kernel(
     acc_t term = 0;
     if (col < k) {
       mean_activation[col] = static_cast<scalar_t>(combine_lanes(lane_sums, 0, tid) / batch);
-      squared_row_norms[col] = norms[tid];
+      if (given_norms == nullptr) squared_row_norms[col] = norms[tid];
       term = norms[tid] * combine_lanes(lane_sums, 1, tid);
     }
     column_terms[tid] = term;
@@ -466,24 +442,14 @@ struct PassGrid {
   static dim3 block() { return dim3(kColumnThreads, kRowLanes); }
 };
 
-// Calls f(std::integral_constant<int, W>) with W = wide_width when wide, else 1: the kernels
-// take their vector width as a template argument.
-template <int kWide, typename F>
-void with_width(bool wide, const F& f) {
-  if (wide) {
-    f(std::integral_constant<int, kWide>{});
-  } else {
-    f(std::integral_constant<int, 1>{});
-  }
-}
-
 struct CudaBackend {
-  static std::tuple<at::Tensor, at::Tensor, at::Tensor> activate_and_reduce(at::Tensor& hidden, const at::Tensor& weight) {
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> activate_and_reduce(
+      at::Tensor& hidden, const at::Tensor& weight, const c10::optional<at::Tensor>& given_norms) {
     const c10::cuda::CUDAGuard device_guard(hidden.device());
     const int64_t B = hidden.size(0), k = hidden.size(1), n = weight.size(1);
     const auto acc_options = opmath_options(hidden);
     at::Tensor mean_activation = at::empty({k}, hidden.options());
-    at::Tensor squared_row_norms = at::empty({k}, acc_options);
+    at::Tensor squared_row_norms = at::empty({given_norms.has_value() ? 0 : k}, acc_options);
     if (k == 0) {
       // Nothing to activate; the penalty of zero hidden units is 0.
       return {mean_activation, at::zeros({}, hidden.options()), squared_row_norms};
@@ -517,8 +483,10 @@ struct CudaBackend {
       with_width<kWide>(wide_weight, [&](auto width) {
         constexpr int WVEC = decltype(width)::value;
         forward_finalize_kernel<scalar_t, WVEC><<<static_cast<unsigned>(finalize_blocks), kFinalizeThreads, 0, stream>>>(
-            partials, pass.chunks, w, B, k, n, mean_activation.mutable_data_ptr<scalar_t>(),
-            squared_row_norms.mutable_data_ptr<acc_t>(), block_terms, counter, contractive.mutable_data_ptr<scalar_t>());
+            partials, pass.chunks, w, given_norms.has_value() ? given_norms->const_data_ptr<acc_t>() : nullptr, B, k, n,
+            mean_activation.mutable_data_ptr<scalar_t>(),
+            given_norms.has_value() ? nullptr : squared_row_norms.mutable_data_ptr<acc_t>(), block_terms, counter,
+            contractive.mutable_data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
@@ -603,11 +571,35 @@ struct CudaBackend {
   }
 };
 
+at::Tensor squared_row_norms_cuda(const at::Tensor& weight) {
+  check_squared_row_norms_input(weight);
+  const c10::cuda::CUDAGuard device_guard(weight.device());
+  const at::Tensor weight_c = weight.contiguous();
+  const int64_t k = weight_c.size(0), n = weight_c.size(1);
+  at::Tensor norms = at::empty({k}, opmath_options(weight_c));
+  if (k == 0) return norms;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_c.scalar_type(), "pyae_squared_row_norms_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int kWide = pack_width<scalar_t>();
+    const scalar_t* w = weight_c.const_data_ptr<scalar_t>();
+    const bool wide_weight = n % kWide == 0 && is_aligned(w, kWide * sizeof(scalar_t));
+    with_width<kWide>(wide_weight, [&](auto width) {
+      constexpr int WVEC = decltype(width)::value;
+      squared_row_norms_kernel<scalar_t, WVEC>
+          <<<static_cast<unsigned>(ceil_div<int64_t>(k, kNormWarps)), kNormThreads, 0,
+             at::cuda::getCurrentCUDAStream()>>>(w, k, n, norms.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return norms;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyae, CUDA, m) {
   m.impl("sigmoid_encoder", &sigmoid_encoder_forward<CudaBackend>);
   m.impl("sigmoid_encoder_backward", &sigmoid_encoder_backward<CudaBackend>);
+  m.impl("squared_row_norms", &squared_row_norms_cuda);
 }
 
 }  // namespace pyae

@@ -1,0 +1,152 @@
+// CPU kernels of the fused optimizer updates (sgd_update_, adam_update_): one pass over each
+// parameter, in row blocks run in parallel. Each element is updated independently (no sums
+// across elements), and each row's squared norm is taken right after the row is written,
+// while it is in cache, by the same code the encoder uses (cpu/row_norms.h): the results are
+// the same whatever the number of threads.
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/row_norms.h"
+#include "cpu/tiles.h"
+#include "ops.h"
+#include "update_math.h"
+
+namespace pyae {
+namespace {
+
+// Elements per work item where a parameter is updated without row norms or row decays.
+constexpr int64_t kFlatBlock = 16384;
+
+template <bool kMomentum, typename scalar_t, typename acc_t>
+PYAE_CPU_MULTIVERSION void sgd_range(scalar_t* __restrict p, const scalar_t* __restrict g, scalar_t* __restrict buf,
+                                     int64_t begin, int64_t end, acc_t decay, SgdCoefficients<acc_t> k) {
+  for (int64_t i = begin; i < end; ++i) {
+    acc_t b = kMomentum ? static_cast<acc_t>(buf[i]) : acc_t(0);
+    const acc_t updated =
+        sgd_update<kMomentum>(static_cast<acc_t>(p[i]), static_cast<acc_t>(g[i]), decay, &b, k);
+    p[i] = static_cast<scalar_t>(updated);
+    if constexpr (kMomentum) buf[i] = static_cast<scalar_t>(b);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+PYAE_CPU_MULTIVERSION void adam_range(scalar_t* __restrict p, const scalar_t* __restrict g, scalar_t* __restrict m,
+                                      scalar_t* __restrict v, int64_t begin, int64_t end, acc_t decay,
+                                      AdamCoefficients<acc_t> k) {
+  for (int64_t i = begin; i < end; ++i) {
+    acc_t m_i = static_cast<acc_t>(m[i]), v_i = static_cast<acc_t>(v[i]);
+    const acc_t updated = adam_update(static_cast<acc_t>(p[i]), static_cast<acc_t>(g[i]), decay, &m_i, &v_i, k);
+    p[i] = static_cast<scalar_t>(updated);
+    m[i] = static_cast<scalar_t>(m_i);
+    v[i] = static_cast<scalar_t>(v_i);
+  }
+}
+
+// Runs update(begin, end, decay) over the whole of param: row by row (decay = weight_decay
+// + 2 r_l, and each row's squared norm into norms) when the parameter has row decays or
+// wants norms, else in flat blocks with decay = weight_decay.
+template <typename scalar_t, typename Update>
+void update_parameter(const at::Tensor& param, double weight_decay, const c10::optional<at::Tensor>& row_grads,
+                      const at::Tensor& norms, const Update& update) {
+  // norms: undefined or empty for none.
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t numel = param.numel();
+  const acc_t decay = static_cast<acc_t>(weight_decay);
+  const bool want_norms = norms.defined() && norms.numel() > 0;
+  const bool by_rows = row_grads.has_value() || want_norms;
+  if (!by_rows) {
+    at::parallel_for(0, numel, kFlatBlock, [&](int64_t begin, int64_t end) { update(begin, end, decay); });
+    return;
+  }
+  const int64_t rows = param.size(0), cols = rows > 0 ? numel / rows : 0;
+  const acc_t* r = row_grads.has_value() ? row_grads->const_data_ptr<acc_t>() : nullptr;
+  acc_t* out = want_norms ? norms.mutable_data_ptr<acc_t>() : nullptr;
+  const scalar_t* values = param.const_data_ptr<scalar_t>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, kFlatBlock / std::max<int64_t>(cols, 1)), [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {
+      update(row * cols, (row + 1) * cols, r != nullptr ? decay + acc_t(2) * r[row] : decay);
+      if (out != nullptr) cpu::squared_norms_of_rows(values, cols, row, row + 1, out);
+    }
+  });
+}
+
+c10::optional<at::Tensor> row_grads_of(const OptionalTensorList& squared_row_norm_grads, size_t i) {
+  return squared_row_norm_grads.empty() ? c10::nullopt : squared_row_norm_grads.get(i);
+}
+
+at::Tensor norms_of(at::TensorList squared_row_norms, size_t i) {
+  return squared_row_norms.empty() ? at::Tensor() : squared_row_norms[i];
+}
+
+void sgd_update_cpu(
+    at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+    const OptionalTensorList& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
+    at::TensorList squared_row_norms, double lr, double momentum, double dampening, bool nesterov, bool first_step) {
+  const bool has_momentum = momentum != 0.0;
+  TORCH_CHECK_VALUE(!has_momentum || momentum_buffers.size() == params.size(),
+                    "pyae: sgd_update_ with momentum needs one momentum buffer per parameter");
+  check_update_inputs(params, grads, {{momentum_buffers, "momentum_buffers"}}, squared_row_norm_grads, weight_decays,
+                      squared_row_norms);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& param = params[i];
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "pyae_sgd_update_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto k = SgdCoefficients<acc_t>::make(lr, momentum, dampening, nesterov, first_step);
+      scalar_t* p = param.mutable_data_ptr<scalar_t>();
+      const scalar_t* g = grads[i].const_data_ptr<scalar_t>();
+      scalar_t* buf = has_momentum ? momentum_buffers[i].mutable_data_ptr<scalar_t>() : nullptr;
+      update_parameter<scalar_t>(
+          param, weight_decays[i], row_grads_of(squared_row_norm_grads, i), norms_of(squared_row_norms, i),
+          [&](int64_t begin, int64_t end, acc_t decay) {
+            if (has_momentum) {
+              sgd_range<true>(p, g, buf, begin, end, decay, k);
+            } else {
+              sgd_range<false>(p, g, buf, begin, end, decay, k);
+            }
+          });
+    });
+  }
+}
+
+void adam_update_cpu(
+    at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+    at::TensorList steps, const OptionalTensorList& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
+    at::TensorList squared_row_norms, double lr, double beta1, double beta2, double eps) {
+  TORCH_CHECK_VALUE(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size() &&
+                        steps.size() == params.size(),
+                    "pyae: adam_update_ needs one exp_avg, exp_avg_sq and step per parameter");
+  check_update_inputs(params, grads, {{exp_avgs, "exp_avgs"}, {exp_avg_sqs, "exp_avg_sqs"}}, squared_row_norm_grads,
+                      weight_decays, squared_row_norms);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& param = params[i];
+    check_adam_step(steps[i], param, i);
+    const double step = steps[i].item<double>();  // a CPU tensor: no synchronization
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "pyae_adam_update_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto k = AdamCoefficients<acc_t>::make(lr, beta1, beta2, eps, step);
+      scalar_t* p = param.mutable_data_ptr<scalar_t>();
+      const scalar_t* g = grads[i].const_data_ptr<scalar_t>();
+      scalar_t* m = exp_avgs[i].mutable_data_ptr<scalar_t>();
+      scalar_t* v = exp_avg_sqs[i].mutable_data_ptr<scalar_t>();
+      update_parameter<scalar_t>(
+          param, weight_decays[i], row_grads_of(squared_row_norm_grads, i), norms_of(squared_row_norms, i),
+          [&](int64_t begin, int64_t end, acc_t decay) { adam_range(p, g, m, v, begin, end, decay, k); });
+    });
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyae, CPU, m) {
+  m.impl("sgd_update_", &sgd_update_cpu);
+  m.impl("adam_update_", &adam_update_cpu);
+}
+
+}  // namespace pyae
