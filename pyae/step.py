@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from pyae import optim
 from pyae.validation import check_choice, check_generator
 
 __all__ = ["TrainStep", "optimizer_step", "make_grad_scaler", "mixed_precision_context"]
@@ -192,8 +193,9 @@ def optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer,
 
 
 def _optimizer_is_capturable(optimizer: torch.optim.Optimizer) -> bool:
-    """SGD has no device-side step counter and is graph-safe; optimizers with one must have
-    been built with capturable=True."""
+    """SGD has no device-side step counter and is graph-safe (torch's and pyae's: pyae.optim
+    updates the squared row norms in place, so a replay reads the ones the last replay wrote);
+    optimizers with one must have been built with capturable=True (pyae.optim.Adam is)."""
     if "capturable" in optimizer.defaults:
         return bool(optimizer.defaults["capturable"])
-    return isinstance(optimizer, torch.optim.SGD)
+    return isinstance(optimizer, (torch.optim.SGD, optim.SGD))

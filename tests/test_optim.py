@@ -284,3 +284,13 @@ def test_autocast_training_with_the_fused_update(dtype):
     tolerance = TOLERANCES[dtype]
     for a, b in zip(fused_model.parameters(), plain_model.parameters()):
         torch.testing.assert_close(a, b, **tolerance)
+
+
+def test_fused_optimizers_are_graph_safe_for_train_step():
+    # TrainStep captures a step with pyae.optim (pyae train --cuda-graph builds them): SGD keeps
+    # no host-side count, Adam's counts live on the device, the norms are updated in place.
+    from pyae.step import _optimizer_is_capturable
+
+    model = _model("cpu", contractive_weight=0.5)
+    assert _optimizer_is_capturable(pyae.optim.SGD(model.parameters(), lr=0.1, autoencoder=model))
+    assert _optimizer_is_capturable(pyae.optim.Adam(_model("cpu").parameters(), lr=0.1))
