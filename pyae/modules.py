@@ -246,9 +246,9 @@ class Autoencoder(nn.Module):
         """
         self._check_input(x)
         tracked = self._tracked_norms.current(self) if self._tracked_norms is not None else None
-        # With a pyae.optim optimizer, the encoder reads its c from the optimizer's norms and
-        # leaves the chain rule through c to the update (see pyae.optim).
-        encoder_norms = tracked[0] if tracked is not None and self.contractive_weight > 0.0 else None
+        # With a pyae.optim optimizer, the encoder reads its c from the optimizer's norms (no
+        # pass over the weight) and leaves the chain rule through c to the update (pyae.optim).
+        encoder_norms = tracked[0] if tracked is not None else None
         if self.training and self.noise == "mask":
             # The masked encoder recomputes the mask in the backward instead of keeping the
             # corrupted input: the same numbers as encoding self.corrupt(x), less memory.
