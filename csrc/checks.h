@@ -228,11 +228,32 @@ inline void check_update_inputs(
   }
 }
 
-// Adam's step count t of params[i]: a float32 scalar tensor on the parameter's device.
-inline void check_adam_step(const at::Tensor& step, const at::Tensor& param, size_t i) {
-  TORCH_CHECK_VALUE(step.numel() == 1 && step.scalar_type() == at::kFloat && step.device() == param.device(),
-                    "pyae: steps[", i, "] must be a float32 scalar tensor on ", param.device(), ", got ",
-                    step.scalar_type(), " of shape ", step.sizes(), " on ", step.device());
+inline void check_sgd_update_inputs(
+    at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+    const c10::List<c10::optional<at::Tensor>>& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
+    at::TensorList squared_row_norms, double momentum) {
+  TORCH_CHECK_VALUE(momentum == 0.0 || momentum_buffers.size() == params.size(),
+                    "pyae: sgd_update_ with momentum needs one momentum buffer per parameter");
+  check_update_inputs(params, grads, {{momentum_buffers, "momentum_buffers"}}, squared_row_norm_grads, weight_decays,
+                      squared_row_norms);
+}
+
+// Adam's lists, and each step count t: a float32 scalar tensor on the parameter's device.
+inline void check_adam_update_inputs(
+    at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+    at::TensorList steps, const c10::List<c10::optional<at::Tensor>>& squared_row_norm_grads,
+    at::ArrayRef<double> weight_decays, at::TensorList squared_row_norms) {
+  TORCH_CHECK_VALUE(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size() &&
+                        steps.size() == params.size(),
+                    "pyae: adam_update_ needs one exp_avg, exp_avg_sq and step per parameter");
+  check_update_inputs(params, grads, {{exp_avgs, "exp_avgs"}, {exp_avg_sqs, "exp_avg_sqs"}}, squared_row_norm_grads,
+                      weight_decays, squared_row_norms);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& step = steps[i];
+    TORCH_CHECK_VALUE(step.numel() == 1 && step.scalar_type() == at::kFloat && step.device() == params[i].device(),
+                      "pyae: steps[", i, "] must be a float32 scalar tensor on ", params[i].device(), ", got ",
+                      step.scalar_type(), " of shape ", step.sizes(), " on ", step.device());
+  }
 }
 
 }  // namespace pyae

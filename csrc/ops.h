@@ -21,6 +21,14 @@ using EncoderGradients = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tens
 // A schema's Tensor?[].
 using OptionalTensorList = c10::List<c10::optional<at::Tensor>>;
 
+// Entry i of a per-parameter list that may be empty (an empty list: no entry for anyone).
+inline c10::optional<at::Tensor> entry_or_none(const OptionalTensorList& list, size_t i) {
+  return list.empty() ? c10::nullopt : list.get(i);
+}
+inline at::Tensor entry_or_undefined(at::TensorList list, size_t i) {
+  return list.empty() ? at::Tensor() : list[i];
+}
+
 EncoderOutputs sigmoid_encoder(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                const c10::optional<at::Tensor>& squared_row_norms = c10::nullopt);
 

@@ -181,7 +181,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
             target = self._norms_of.get(key)
             if target is not None:
                 any_rows = True
-                norms.append(target.detach())
+                norms.append(target)
                 row_grads.append(encoder_row_grad if key == self._encoder_weight_id else None)
             else:
                 norms.append(_EMPTY.get(p))
@@ -193,9 +193,26 @@ class _FusedOptimizer(torch.optim.Optimizer):
     def _groups_to_update(self):
         return (group for group in self.param_groups if not group.get(NORMS_GROUP, False))
 
-    def _finish_step(self) -> None:
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+        """One update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self._groups_to_update():
+            params, grads, decays, row_grads, norms = self._update_lists(group)
+            if params:
+                self._update_group(group, params, grads, decays, row_grads, norms)
         if self._tracked is not None:
             self._tracked.record()
+        return loss
+
+    def _update_group(self, group: Dict[str, Any], params: List[Tensor], grads: List[Tensor], decays: List[float],
+                      row_grads: List[Optional[Tensor]], norms: List[Tensor]) -> None:
+        """The fused update of one group's parameters that have a gradient (the lists of
+        :meth:`_update_lists`)."""
+        raise NotImplementedError
 
 
 class _EmptyTensors:
@@ -244,43 +261,31 @@ class SGD(_FusedOptimizer):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
         super().__init__(params, defaults, autoencoder)
 
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
-        """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self._groups_to_update():
-            params, grads, decays, row_grads, norms = self._update_lists(group)
-            if not params:
-                continue
-            momentum = group["momentum"]
-            hyper = dict(lr=group["lr"], momentum=momentum, dampening=group["dampening"],
-                         nesterov=group["nesterov"])
-            if momentum == 0.0:
-                _ops.sgd_update_(params, grads, [], row_grads, decays, norms, first_step=False, **hyper)
-                continue
-            buffers, new = [], []
-            for index, p in enumerate(params):
-                state = self.state[p]
-                buffer = state.get("momentum_buffer")
-                if buffer is None:
-                    # Zeros, not garbage: the first step's buf = 0 * buf + g must not meet a NaN.
-                    buffer = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                    new.append(index)
-                buffers.append(buffer)
-            if not new or len(new) == len(params):
-                _ops.sgd_update_(params, grads, buffers, row_grads, decays, norms, first_step=bool(new), **hyper)
-                continue
-            # A new buffer takes torch's first step (buf = g), the others the ordinary one.
-            old = [index for index in range(len(params)) if index not in set(new)]
-            for indices, first_step in ((new, True), (old, False)):
-                _ops.sgd_update_(_pick(params, indices), _pick(grads, indices), _pick(buffers, indices),
-                                 _pick(row_grads, indices), _pick(decays, indices), _pick(norms, indices),
-                                 first_step=first_step, **hyper)
-        self._finish_step()
-        return loss
+    def _update_group(self, group, params, grads, decays, row_grads, norms) -> None:
+        momentum = group["momentum"]
+        hyper = dict(lr=group["lr"], momentum=momentum, dampening=group["dampening"], nesterov=group["nesterov"])
+        if momentum == 0.0:
+            _ops.sgd_update_(params, grads, [], row_grads, decays, norms, first_step=False, **hyper)
+            return
+        buffers, new = [], []
+        for index, p in enumerate(params):
+            state = self.state[p]
+            buffer = state.get("momentum_buffer")
+            if buffer is None:
+                # Zeros, not garbage: the first step's buf = 0 * buf + g must not meet a NaN.
+                buffer = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                new.append(index)
+            buffers.append(buffer)
+        if not new or len(new) == len(params):
+            _ops.sgd_update_(params, grads, buffers, row_grads, decays, norms, first_step=bool(new), **hyper)
+            return
+        # A new buffer takes torch's first step (buf = g), the others the ordinary one.
+        new_set = set(new)
+        old = [index for index in range(len(params)) if index not in new_set]
+        for indices, first_step in ((new, True), (old, False)):
+            _ops.sgd_update_(_pick(params, indices), _pick(grads, indices), _pick(buffers, indices),
+                             _pick(row_grads, indices), _pick(decays, indices), _pick(norms, indices),
+                             first_step=first_step, **hyper)
 
 
 def _pick(values: List, indices: List[int]) -> List:
@@ -321,30 +326,18 @@ class Adam(_FusedOptimizer):
                 if state and "step" in state:
                     state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device).reshape(())
 
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
-        """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self._groups_to_update():
-            params, grads, decays, row_grads, norms = self._update_lists(group)
-            if not params:
-                continue
-            exp_avgs, exp_avg_sqs, steps = [], [], []
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                steps.append(state["step"])
-            torch._foreach_add_(steps, 1.0)
-            beta1, beta2 = group["betas"]
-            _ops.adam_update_(params, grads, exp_avgs, exp_avg_sqs, steps, row_grads, decays, norms,
-                              lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"])
-        self._finish_step()
-        return loss
+    def _update_group(self, group, params, grads, decays, row_grads, norms) -> None:
+        exp_avgs, exp_avg_sqs, steps = [], [], []
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        torch._foreach_add_(steps, 1.0)
+        beta1, beta2 = group["betas"]
+        _ops.adam_update_(params, grads, exp_avgs, exp_avg_sqs, steps, row_grads, decays, norms,
+                          lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"])

@@ -77,23 +77,13 @@ void update_parameter(const at::Tensor& param, double weight_decay, const c10::o
   });
 }
 
-c10::optional<at::Tensor> row_grads_of(const OptionalTensorList& squared_row_norm_grads, size_t i) {
-  return squared_row_norm_grads.empty() ? c10::nullopt : squared_row_norm_grads.get(i);
-}
-
-at::Tensor norms_of(at::TensorList squared_row_norms, size_t i) {
-  return squared_row_norms.empty() ? at::Tensor() : squared_row_norms[i];
-}
-
 void sgd_update_cpu(
     at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
     const OptionalTensorList& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
     at::TensorList squared_row_norms, double lr, double momentum, double dampening, bool nesterov, bool first_step) {
+  check_sgd_update_inputs(params, grads, momentum_buffers, squared_row_norm_grads, weight_decays, squared_row_norms,
+                          momentum);
   const bool has_momentum = momentum != 0.0;
-  TORCH_CHECK_VALUE(!has_momentum || momentum_buffers.size() == params.size(),
-                    "pyae: sgd_update_ with momentum needs one momentum buffer per parameter");
-  check_update_inputs(params, grads, {{momentum_buffers, "momentum_buffers"}}, squared_row_norm_grads, weight_decays,
-                      squared_row_norms);
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& param = params[i];
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "pyae_sgd_update_cpu", [&] {
@@ -103,7 +93,7 @@ void sgd_update_cpu(
       const scalar_t* g = grads[i].const_data_ptr<scalar_t>();
       scalar_t* buf = has_momentum ? momentum_buffers[i].mutable_data_ptr<scalar_t>() : nullptr;
       update_parameter<scalar_t>(
-          param, weight_decays[i], row_grads_of(squared_row_norm_grads, i), norms_of(squared_row_norms, i),
+          param, weight_decays[i], entry_or_none(squared_row_norm_grads, i), entry_or_undefined(squared_row_norms, i),
           [&](int64_t begin, int64_t end, acc_t decay) {
             if (has_momentum) {
               sgd_range<true>(p, g, buf, begin, end, decay, k);
@@ -119,14 +109,10 @@ void adam_update_cpu(
     at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
     at::TensorList steps, const OptionalTensorList& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
     at::TensorList squared_row_norms, double lr, double beta1, double beta2, double eps) {
-  TORCH_CHECK_VALUE(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size() &&
-                        steps.size() == params.size(),
-                    "pyae: adam_update_ needs one exp_avg, exp_avg_sq and step per parameter");
-  check_update_inputs(params, grads, {{exp_avgs, "exp_avgs"}, {exp_avg_sqs, "exp_avg_sqs"}}, squared_row_norm_grads,
-                      weight_decays, squared_row_norms);
+  check_adam_update_inputs(params, grads, exp_avgs, exp_avg_sqs, steps, squared_row_norm_grads, weight_decays,
+                           squared_row_norms);
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& param = params[i];
-    check_adam_step(steps[i], param, i);
     const double step = steps[i].item<double>();  // a CPU tensor: no synchronization
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "pyae_adam_update_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -136,7 +122,7 @@ void adam_update_cpu(
       scalar_t* m = exp_avgs[i].mutable_data_ptr<scalar_t>();
       scalar_t* v = exp_avg_sqs[i].mutable_data_ptr<scalar_t>();
       update_parameter<scalar_t>(
-          param, weight_decays[i], row_grads_of(squared_row_norm_grads, i), norms_of(squared_row_norms, i),
+          param, weight_decays[i], entry_or_none(squared_row_norm_grads, i), entry_or_undefined(squared_row_norms, i),
           [&](int64_t begin, int64_t end, acc_t decay) { adam_range(p, g, m, v, begin, end, decay, k); });
     });
   }

@@ -139,23 +139,13 @@ void launch_update(const at::Tensor& param, double weight_decay, const c10::opti
   });
 }
 
-c10::optional<at::Tensor> row_grads_of(const OptionalTensorList& squared_row_norm_grads, size_t i) {
-  return squared_row_norm_grads.empty() ? c10::nullopt : squared_row_norm_grads.get(i);
-}
-
-at::Tensor norms_of(at::TensorList squared_row_norms, size_t i) {
-  return squared_row_norms.empty() ? at::Tensor() : squared_row_norms[i];
-}
-
 void sgd_update_cuda(
     at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
     const OptionalTensorList& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
     at::TensorList squared_row_norms, double lr, double momentum, double dampening, bool nesterov, bool first_step) {
+  check_sgd_update_inputs(params, grads, momentum_buffers, squared_row_norm_grads, weight_decays, squared_row_norms,
+                          momentum);
   const bool has_momentum = momentum != 0.0;
-  TORCH_CHECK_VALUE(!has_momentum || momentum_buffers.size() == params.size(),
-                    "pyae: sgd_update_ with momentum needs one momentum buffer per parameter");
-  check_update_inputs(params, grads, {{momentum_buffers, "momentum_buffers"}}, squared_row_norm_grads, weight_decays,
-                      squared_row_norms);
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& param = params[i];
     const c10::cuda::CUDAGuard device_guard(param.device());
@@ -164,8 +154,8 @@ void sgd_update_cuda(
       const auto k = SgdCoefficients<acc_t>::make(lr, momentum, dampening, nesterov, first_step);
       scalar_t* p = param.mutable_data_ptr<scalar_t>();
       const scalar_t* g = grads[i].const_data_ptr<scalar_t>();
-      const auto row_grads = row_grads_of(squared_row_norm_grads, i);
-      const at::Tensor norms = norms_of(squared_row_norms, i);
+      const auto row_grads = entry_or_none(squared_row_norm_grads, i);
+      const at::Tensor norms = entry_or_undefined(squared_row_norms, i);
       if (has_momentum) {
         launch_update<scalar_t>(param, weight_decays[i], row_grads, norms,
                                 SgdElement<scalar_t, true>{p, g, momentum_buffers[i].mutable_data_ptr<scalar_t>(), k});
@@ -180,22 +170,18 @@ void adam_update_cuda(
     at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
     at::TensorList steps, const OptionalTensorList& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
     at::TensorList squared_row_norms, double lr, double beta1, double beta2, double eps) {
-  TORCH_CHECK_VALUE(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size() &&
-                        steps.size() == params.size(),
-                    "pyae: adam_update_ needs one exp_avg, exp_avg_sq and step per parameter");
-  check_update_inputs(params, grads, {{exp_avgs, "exp_avgs"}, {exp_avg_sqs, "exp_avg_sqs"}}, squared_row_norm_grads,
-                      weight_decays, squared_row_norms);
+  check_adam_update_inputs(params, grads, exp_avgs, exp_avg_sqs, steps, squared_row_norm_grads, weight_decays,
+                           squared_row_norms);
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& param = params[i];
-    check_adam_step(steps[i], param, i);
     const c10::cuda::CUDAGuard device_guard(param.device());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "pyae_adam_update_cuda", [&] {
       AdamElement<scalar_t> element{param.mutable_data_ptr<scalar_t>(), grads[i].const_data_ptr<scalar_t>(),
                                     exp_avgs[i].mutable_data_ptr<scalar_t>(),
                                     exp_avg_sqs[i].mutable_data_ptr<scalar_t>(), steps[i].const_data_ptr<float>(),
                                     lr, beta1, beta2, eps, {}};
-      launch_update<scalar_t>(param, weight_decays[i], row_grads_of(squared_row_norm_grads, i),
-                              norms_of(squared_row_norms, i), element);
+      launch_update<scalar_t>(param, weight_decays[i], entry_or_none(squared_row_norm_grads, i),
+                              entry_or_undefined(squared_row_norms, i), element);
     });
   }
 }
