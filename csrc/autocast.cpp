@@ -79,6 +79,22 @@ at::Tensor weight_decay_autocast(at::TensorList weights) {
   return weight_decay(cast<kDevice>(at::kFloat, weights));
 }
 
+// The whole objective: its parts one by one, through the dispatcher with autocast still on,
+// so that each part takes its own policy above (and the product of the decoder at::linear's),
+// exactly as a module that calls them one by one; autograd records the parts.
+template <c10::DeviceType kDevice>
+AutoencoderLossOutputs autoencoder_loss_autocast(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& encoder_weight,
+    const c10::optional<at::Tensor>& encoder_bias, const at::Tensor& decoder_weight,
+    const c10::optional<at::Tensor>& decoder_bias, const c10::optional<at::Tensor>& squared_row_norms,
+    double noise_level, const c10::optional<at::Tensor>& seed, bool cross_entropy, double contractive_weight,
+    c10::optional<double> sparsity_target, double sparsity_weight, const c10::optional<at::Tensor>& weight_decay_term,
+    double weight_decay) {
+  return autoencoder_loss_from_parts(x, target, encoder_weight, encoder_bias, decoder_weight, decoder_bias,
+                                     squared_row_norms, noise_level, seed, cross_entropy, contractive_weight,
+                                     sparsity_target, sparsity_weight, weight_decay_term, weight_decay);
+}
+
 // mask_noise and the backward operators: the same call with autocast off, whatever the
 // operator (a boxed kernel).
 void call_without_autocast(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
@@ -93,6 +109,7 @@ void register_autocast(torch::Library& m) {
   m.impl("sigmoid_reconstruction_loss", &sigmoid_reconstruction_loss_autocast<kDevice>);
   m.impl("kl_sparsity", &kl_sparsity_autocast<kDevice>);
   m.impl("weight_decay", &weight_decay_autocast<kDevice>);
+  m.impl("autoencoder_loss", &autoencoder_loss_autocast<kDevice>);
   for (const char* name : {"mask_noise", "sigmoid_encoder_backward", "sigmoid_reconstruction_loss_backward",
                            "kl_sparsity_backward", "weight_decay_backward", "squared_row_norms"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&call_without_autocast>());

@@ -358,16 +358,146 @@ class WeightDecayFunction : public torch::autograd::Function<WeightDecayFunction
   static at::Tensor forward(AutogradContext* ctx, at::TensorList weights) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     ctx->save_for_backward(weights.vec());
+    // A term that did not reach the differentiated output (autoencoder_loss's node passes an
+    // undefined gradient on when its loss was not differentiated) gives no gradient, not zeros.
+    ctx->set_materialize_grads(false);
     return weight_decay(weights);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(ctx->get_saved_variables().size());
     const auto weights = ctx->get_saved_variables();
     auto weight_grads = detail::weight_decay_backward(grads[0], weights);
     for (size_t i = 0; i < weight_grads.size(); ++i) {
       if (!ctx->needs_input_grad(i)) weight_grads[i] = at::Tensor();
     }
     return weight_grads;
+  }
+};
+
+// The whole objective (autoencoder_loss) as one node: its backward chains the parts'
+// backward operators, as the parts' nodes would one by one, without the per-node host work.
+// Saved: what the parts save (x, target and the seed, the two weights, hidden, the
+// reconstruction, the mean activations, c), never the logits or the corrupted input.
+class AutoencoderLossFunction : public torch::autograd::Function<AutoencoderLossFunction> {
+  // saved_data["flags"] bits and saved_data["numbers"] entries.
+  enum Flag : int64_t {
+    kEncoderBias = 1, kDecoderBias = 2, kNormsGiven = 4, kMasked = 8, kWeightDecayTerm = 16,
+    kSparsity = 32, kCrossEntropy = 64
+  };
+  enum Number { kNoiseLevel, kContractiveWeight, kSparsityTarget, kSparsityWeight, kWeightDecay };
+
+ public:
+  static variable_list forward(
+      AutogradContext* ctx, const at::Tensor& x, const at::Tensor& target, const at::Tensor& encoder_weight,
+      const c10::optional<at::Tensor>& encoder_bias, const at::Tensor& decoder_weight,
+      const c10::optional<at::Tensor>& decoder_bias, const c10::optional<at::Tensor>& squared_row_norms,
+      double noise_level, const c10::optional<at::Tensor>& seed, bool cross_entropy, double contractive_weight,
+      c10::optional<double> sparsity_target, double sparsity_weight,
+      const c10::optional<at::Tensor>& weight_decay_term, double weight_decay) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [loss, reconstruction, hidden, mean_activation, reconstruction_term, sparsity_term, contractive_term, norms] =
+        autoencoder_loss(x, target, encoder_weight, encoder_bias, decoder_weight, decoder_bias, squared_row_norms,
+                         noise_level, seed, cross_entropy, contractive_weight, sparsity_target, sparsity_weight,
+                         weight_decay_term, weight_decay);
+    ctx->save_for_backward({x, target, encoder_weight, decoder_weight, hidden, reconstruction, mean_activation,
+                            squared_row_norms.has_value() ? *squared_row_norms : norms,
+                            seed.has_value() ? *seed : at::Tensor()});
+    ctx->saved_data["flags"] =
+        (encoder_bias.has_value() ? kEncoderBias : 0) | (decoder_bias.has_value() ? kDecoderBias : 0) |
+        (squared_row_norms.has_value() ? kNormsGiven : 0) | (seed.has_value() ? kMasked : 0) |
+        (weight_decay_term.has_value() ? kWeightDecayTerm : 0) | (sparsity_target.has_value() ? kSparsity : 0) |
+        (cross_entropy ? kCrossEntropy : 0);
+    ctx->saved_data["numbers"] = std::vector<double>{noise_level, contractive_weight, sparsity_target.value_or(0.0),
+                                                     sparsity_weight, weight_decay};
+    ctx->mark_non_differentiable({norms});
+    ctx->set_materialize_grads(false);
+    return {loss, reconstruction, hidden, mean_activation, reconstruction_term, sparsity_term, contractive_term, norms};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const int64_t flags = ctx->saved_data["flags"].toInt();
+    const auto has = [flags](Flag flag) { return (flags & flag) != 0; };
+    const c10::List<double> numbers = ctx->saved_data["numbers"].toDoubleList();
+    // needs_input_grad counts the tensor inputs that were given, in the forward's order.
+    int64_t next = 0;
+    const auto index_if = [&next](bool given) { return given ? next++ : int64_t{-1}; };
+    const int64_t x_index = index_if(true), target_index = index_if(true), encoder_weight_index = index_if(true);
+    const int64_t encoder_bias_index = index_if(has(kEncoderBias)), decoder_weight_index = index_if(true);
+    const int64_t decoder_bias_index = index_if(has(kDecoderBias)), norms_index = index_if(has(kNormsGiven));
+    index_if(has(kMasked));
+    const int64_t weight_decay_term_index = index_if(has(kWeightDecayTerm));
+    const auto needs = [ctx](int64_t index) { return index >= 0 && ctx->needs_input_grad(index); };
+    TORCH_CHECK(!needs(target_index),
+                "pyae.ops.autoencoder_loss treats its target as data and has no gradient for it; use the operators "
+                "one by one (pyae.functional), which fall back to torch ops for such targets");
+
+    // An ordinary backward (no create_graph) goes straight to the device kernels; with
+    // create_graph, every call below records its own differentiable graph.
+    c10::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &target = saved[1], &encoder_weight = saved[2], &decoder_weight = saved[3];
+    const at::Tensor &hidden = saved[4], &reconstruction = saved[5], &mean_activation = saved[6];
+    const at::Tensor &norms = saved[7], &seed = saved[8];
+    const at::Tensor &grad_loss = grads[0], &grad_reconstruction = grads[1], &grad_hidden = grads[2];
+    const at::Tensor &grad_mean_activation = grads[3], &grad_reconstruction_term = grads[4];
+    const at::Tensor &grad_sparsity_term = grads[5], &grad_contractive_term = grads[6];
+
+    // The terms' upstream gradients: the loss's, times the term's weight where the forward
+    // added the term, plus the term's own (undefined: zero).
+    const auto sum = [](const at::Tensor& a, const at::Tensor& b) {
+      return !a.defined() ? b : !b.defined() ? a : a + b;
+    };
+    const auto weighted = [&grad_loss](double weight) {
+      return grad_loss.defined() && weight != 0.0 ? grad_loss * weight : at::Tensor();
+    };
+    const at::Tensor grad_reconstruction_total = sum(grad_loss, grad_reconstruction_term);
+    const at::Tensor grad_contractive = sum(weighted(numbers[kContractiveWeight]), grad_contractive_term);
+    const at::Tensor grad_sparsity =
+        has(kSparsity) ? sum(weighted(numbers[kSparsityWeight]), grad_sparsity_term) : at::Tensor();
+
+    variable_list result(15);
+    if (needs(weight_decay_term_index)) result[13] = weighted(numbers[kWeightDecay]);
+
+    const bool want_encoder =
+        needs(x_index) || needs(encoder_weight_index) || needs(encoder_bias_index) || needs(norms_index);
+    const bool want_decoder = needs(decoder_weight_index) || needs(decoder_bias_index);
+    // The decoder: the reconstruction loss's gradient at the logits, then F.linear's.
+    at::Tensor grad_hidden_total = grad_hidden;
+    if ((grad_reconstruction_total.defined() || grad_reconstruction.defined()) && (want_decoder || want_encoder)) {
+      const at::Tensor grad_logits = detail::sigmoid_reconstruction_loss_backward(
+          defined_or_none(grad_reconstruction), defined_or_none(grad_reconstruction_total), reconstruction, target,
+          has(kCrossEntropy));
+      if (needs(decoder_weight_index)) result[4] = at::mm(grad_logits.t(), hidden);
+      if (needs(decoder_bias_index)) result[5] = grad_logits.sum(0);
+      if (want_encoder) grad_hidden_total = sum(at::mm(grad_logits, decoder_weight), grad_hidden);
+    }
+    if (!want_encoder) return result;
+
+    // The sparsity penalty's gradient at the mean activations, then the encoder's.
+    at::Tensor grad_mean = grad_mean_activation;
+    if (grad_sparsity.defined()) {
+      grad_mean = sum(detail::kl_sparsity_backward(grad_sparsity, mean_activation, numbers[kSparsityTarget]),
+                      grad_mean_activation);
+    }
+    if (!grad_hidden_total.defined() && !grad_mean.defined() && !grad_contractive.defined()) return result;
+    const bool masked = has(kMasked);
+    const double q = numbers[kNoiseLevel];
+    const std::array<bool, 4> output_mask = {needs(x_index), needs(encoder_weight_index), needs(encoder_bias_index),
+                                             needs(norms_index)};
+    // Only the weight's gradient reads the (corrupted) input; the others need its shape alone.
+    const at::Tensor input = masked && output_mask[1] ? mask_noise(x, q, seed) : x;
+    auto [grad_x, grad_encoder_weight, grad_encoder_bias, grad_norms] = detail::sigmoid_encoder_backward(
+        defined_or_none(grad_hidden_total), defined_or_none(grad_mean), defined_or_none(grad_contractive), input,
+        encoder_weight, hidden, norms, has(kNormsGiven), output_mask);
+    // d corrupted / d x is the mask itself.
+    if (output_mask[0]) result[0] = masked ? mask_noise(grad_x, q, seed) : grad_x;
+    if (output_mask[1]) result[2] = grad_encoder_weight;
+    if (output_mask[2]) result[3] = grad_encoder_bias;
+    if (output_mask[3]) result[6] = grad_norms;
+    return result;
   }
 };
 
@@ -401,6 +531,20 @@ at::Tensor mask_noise_autograd(const at::Tensor& x, double q, const at::Tensor& 
   return MaskNoiseFunction::apply(x, q, seed);
 }
 
+AutoencoderLossOutputs autoencoder_loss_autograd(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& encoder_weight,
+    const c10::optional<at::Tensor>& encoder_bias, const at::Tensor& decoder_weight,
+    const c10::optional<at::Tensor>& decoder_bias, const c10::optional<at::Tensor>& squared_row_norms,
+    double noise_level, const c10::optional<at::Tensor>& seed, bool cross_entropy, double contractive_weight,
+    c10::optional<double> sparsity_target, double sparsity_weight, const c10::optional<at::Tensor>& weight_decay_term,
+    double weight_decay) {
+  auto outputs = AutoencoderLossFunction::apply(x, target, encoder_weight, encoder_bias, decoder_weight, decoder_bias,
+                                                squared_row_norms, noise_level, seed, cross_entropy,
+                                                contractive_weight, sparsity_target, sparsity_weight,
+                                                weight_decay_term, weight_decay);
+  return {outputs[0], outputs[1], outputs[2], outputs[3], outputs[4], outputs[5], outputs[6], outputs[7]};
+}
+
 at::Tensor weight_decay_autograd(at::TensorList weights) {
   return WeightDecayFunction::apply(weights);
 }
@@ -414,6 +558,7 @@ TORCH_LIBRARY_IMPL(pyae, Autograd, m) {
   m.impl("kl_sparsity", &kl_sparsity_autograd);
   m.impl("mask_noise", &mask_noise_autograd);
   m.impl("weight_decay", &weight_decay_autograd);
+  m.impl("autoencoder_loss", &autoencoder_loss_autograd);
   m.impl("sigmoid_encoder_backward", &sigmoid_encoder_backward_autograd);
   m.impl("sigmoid_reconstruction_loss_backward", &sigmoid_reconstruction_loss_backward_autograd);
   m.impl("kl_sparsity_backward", &kl_sparsity_backward_autograd);

@@ -8,6 +8,7 @@
 #include <c10/util/Optional.h>
 
 #include <initializer_list>
+#include <limits>
 #include <string>
 #include <utility>
 
@@ -162,6 +163,59 @@ inline void check_weight_decay_backward_inputs(const at::Tensor& grad, at::Tenso
   check_weight_decay_inputs(weights);
   check_same_dtype_device(grad, "grad", weights[0], "weights[0]");
   TORCH_CHECK_VALUE(grad.numel() == 1, "pyae: grad must be a scalar, got shape ", grad.sizes());
+}
+
+// What autoencoder_loss checks itself, under its own argument names (its parts check the
+// rest: the norms' dtype and shape, the seed, the sparsity target).
+inline void check_autoencoder_loss_inputs(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& encoder_weight,
+    const c10::optional<at::Tensor>& encoder_bias, const at::Tensor& decoder_weight,
+    const c10::optional<at::Tensor>& decoder_bias, double noise_level, const c10::optional<at::Tensor>& seed,
+    double contractive_weight, double sparsity_weight, const c10::optional<at::Tensor>& weight_decay_term,
+    double weight_decay) {
+  check_floating(x, "x");
+  TORCH_CHECK_VALUE(x.dim() == 2, "pyae: x must be 2-D (batch, features), got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(0) > 0, "pyae: x must hold at least one row: the batch mean of an empty batch is undefined");
+  check_same_dtype_device(target, "target", x, "x");
+  TORCH_CHECK_VALUE(target.sizes() == x.sizes(), "pyae: target must have x's shape ", x.sizes(), ", got ", target.sizes());
+  const int64_t n = x.size(1);
+  check_same_dtype_device(encoder_weight, "encoder_weight", x, "x");
+  TORCH_CHECK_VALUE(
+      encoder_weight.dim() == 2 && encoder_weight.size(1) == n, "pyae: encoder_weight must be (hidden, ", n,
+      ") for x's ", n, " features, got shape ", encoder_weight.sizes());
+  const int64_t k = encoder_weight.size(0);
+  check_same_dtype_device(decoder_weight, "decoder_weight", x, "x");
+  TORCH_CHECK_VALUE(
+      decoder_weight.dim() == 2 && decoder_weight.size(0) == n && decoder_weight.size(1) == k,
+      "pyae: decoder_weight must be (", n, ", ", k, ") to decode ", k, " hidden units into x's ", n,
+      " features, got shape ", decoder_weight.sizes());
+  const auto check_bias = [&x](const c10::optional<at::Tensor>& bias, const char* name, int64_t size) {
+    if (!bias.has_value()) return;
+    check_same_dtype_device(*bias, name, x, "x");
+    TORCH_CHECK_VALUE(
+        bias->dim() == 1 && bias->size(0) == size, "pyae: ", name, " must have shape (", size, ",), got ",
+        bias->sizes());
+  };
+  check_bias(encoder_bias, "encoder_bias", k);
+  check_bias(decoder_bias, "decoder_bias", n);
+  if (seed.has_value()) {
+    TORCH_CHECK_VALUE(noise_level >= 0.0 && noise_level <= 1.0, "pyae: noise_level must lie in [0, 1], got ",
+                      noise_level);
+  }
+  const auto check_weight = [](double weight, const char* name) {
+    TORCH_CHECK_VALUE(weight >= 0.0 && weight < std::numeric_limits<double>::infinity(), "pyae: ", name,
+                      " must be finite and >= 0, got ", weight);
+  };
+  check_weight(contractive_weight, "contractive_weight");
+  check_weight(sparsity_weight, "sparsity_weight");
+  check_weight(weight_decay, "weight_decay");
+  if (weight_decay_term.has_value()) {
+    check_floating(*weight_decay_term, "weight_decay_term");
+    TORCH_CHECK_VALUE(weight_decay_term->dim() == 0, "pyae: weight_decay_term must be a 0-dim tensor, got shape ",
+                      weight_decay_term->sizes());
+    TORCH_CHECK_VALUE(weight_decay_term->device() == x.device(), "pyae: weight_decay_term is on ",
+                      weight_decay_term->device(), " but x is on ", x.device(), "; they must be on the same device");
+  }
 }
 
 inline void check_squared_row_norms_input(const at::Tensor& weight) {

@@ -44,7 +44,39 @@ std::vector<at::Tensor> weight_decay_backward_composite(const at::Tensor& grad, 
 
 }  // namespace
 
+AutoencoderLossOutputs autoencoder_loss_from_parts(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& encoder_weight,
+    const c10::optional<at::Tensor>& encoder_bias, const at::Tensor& decoder_weight,
+    const c10::optional<at::Tensor>& decoder_bias, const c10::optional<at::Tensor>& squared_row_norms,
+    double noise_level, const c10::optional<at::Tensor>& seed, bool cross_entropy, double contractive_weight,
+    c10::optional<double> sparsity_target, double sparsity_weight, const c10::optional<at::Tensor>& weight_decay_term,
+    double weight_decay) {
+  check_autoencoder_loss_inputs(x, target, encoder_weight, encoder_bias, decoder_weight, decoder_bias, noise_level,
+                                seed, contractive_weight, sparsity_weight, weight_decay_term, weight_decay);
+  auto [hidden, mean_activation, contractive, norms] =
+      seed.has_value() ? masked_sigmoid_encoder(x, encoder_weight, encoder_bias, noise_level, *seed, squared_row_norms)
+                       : sigmoid_encoder(x, encoder_weight, encoder_bias, squared_row_norms);
+  // at::linear, as pyae.Autoencoder's decoder and F.linear call it: the same product (addmm
+  // with the bias folded in) and the same autocast policy.
+  auto [reconstruction, reconstruction_term] =
+      sigmoid_reconstruction_loss(at::linear(hidden, decoder_weight, decoder_bias), target, cross_entropy);
+  at::Tensor loss = reconstruction_term;
+  if (weight_decay_term.has_value() && weight_decay != 0.0) loss = at::add(loss, *weight_decay_term, weight_decay);
+  at::Tensor sparsity_term;
+  if (sparsity_target.has_value()) {
+    sparsity_term = kl_sparsity(mean_activation, *sparsity_target);
+    if (sparsity_weight != 0.0) loss = at::add(loss, sparsity_term, sparsity_weight);
+  } else {
+    sparsity_term = at::empty({0}, reconstruction_term.options());
+  }
+  if (contractive_weight != 0.0) loss = at::add(loss, contractive, contractive_weight);
+  // An operator's outputs never alias each other.
+  if (loss.is_same(reconstruction_term)) loss = loss.clone();
+  return {loss, reconstruction, hidden, mean_activation, reconstruction_term, sparsity_term, contractive, norms};
+}
+
 TORCH_LIBRARY_IMPL(pyae, CompositeExplicitAutograd, m) {
+  m.impl("autoencoder_loss", &autoencoder_loss_from_parts);
   m.impl("weight_decay", &weight_decay_composite);
   m.impl("weight_decay_backward", &weight_decay_backward_composite);
   m.impl("masked_sigmoid_encoder", &masked_sigmoid_encoder_composite);

@@ -18,6 +18,10 @@ namespace pyae {
 using EncoderOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 // (grad_x, grad_weight, grad_bias, grad_squared_row_norms).
 using EncoderGradients = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// (loss, reconstruction, hidden, mean_activation, reconstruction_term, sparsity_term,
+// contractive_term, squared_row_norms): see autoencoder_loss in pyae.cpp.
+using AutoencoderLossOutputs =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 // A schema's Tensor?[].
 using OptionalTensorList = c10::List<c10::optional<at::Tensor>>;
 
@@ -42,6 +46,25 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_reconstruction_loss(
 at::Tensor kl_sparsity(const at::Tensor& mean_activation, double target);
 
 at::Tensor mask_noise(const at::Tensor& x, double q, const at::Tensor& seed);
+
+AutoencoderLossOutputs autoencoder_loss(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& encoder_weight,
+    const c10::optional<at::Tensor>& encoder_bias, const at::Tensor& decoder_weight,
+    const c10::optional<at::Tensor>& decoder_bias, const c10::optional<at::Tensor>& squared_row_norms,
+    double noise_level, const c10::optional<at::Tensor>& seed, bool cross_entropy, double contractive_weight,
+    c10::optional<double> sparsity_target, double sparsity_weight, const c10::optional<at::Tensor>& weight_decay_term,
+    double weight_decay);
+
+// The composition that autoencoder_loss is, part by part through the dispatcher
+// (composite.cpp): its kernel below autograd, and under autocast a differentiable
+// composition whose parts each take their own autocast policy.
+AutoencoderLossOutputs autoencoder_loss_from_parts(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& encoder_weight,
+    const c10::optional<at::Tensor>& encoder_bias, const at::Tensor& decoder_weight,
+    const c10::optional<at::Tensor>& decoder_bias, const c10::optional<at::Tensor>& squared_row_norms,
+    double noise_level, const c10::optional<at::Tensor>& seed, bool cross_entropy, double contractive_weight,
+    c10::optional<double> sparsity_target, double sparsity_weight, const c10::optional<at::Tensor>& weight_decay_term,
+    double weight_decay);
 
 at::Tensor weight_decay(at::TensorList weights);
 

@@ -98,6 +98,32 @@ TORCH_LIBRARY(pyae, m) {
       "Tensor? squared_row_norms=None) -> "
       "(Tensor hidden, Tensor mean_activation, Tensor contractive, Tensor squared_row_norms)");
 
+  // A one-hidden-layer autoencoder's whole training objective, the composition of the
+  // operators above, as one operator with one autograd node: at small batches a step is
+  // bound by the host work per operator and per autograd node, not by the arithmetic.
+  //   hidden = sigmoid_encoder(x, encoder_weight, encoder_bias, squared_row_norms), of
+  //            mask_noise(x, noise_level, seed) when seed is given (masking noise, the mask
+  //            recomputed in the backward);
+  //   reconstruction, reconstruction_term = sigmoid_reconstruction_loss(
+  //            hidden @ decoder_weight.T + decoder_bias, target, cross_entropy);
+  //   sparsity_term = kl_sparsity(mean_activation, sparsity_target) when a target is given
+  //            (an empty (0,) tensor otherwise); contractive_term is the encoder's;
+  //   loss = reconstruction_term + weight_decay * weight_decay_term + sparsity_weight *
+  //          sparsity_term + contractive_weight * contractive_term, each penalty added only
+  //          when its weight is nonzero (and given), in this order.
+  // weight_decay_term is a value computed elsewhere (weight_decay(), or the optimizer's
+  // norms): its gradient is weight_decay times the loss's. The target is data (no gradient).
+  // squared_row_norms out: as the encoder's fourth output. The same numbers as calling the
+  // operators one by one; under autocast it is that composition, each part cast by its own
+  // policy (autocast.cpp).
+  m.def(
+      "autoencoder_loss(Tensor x, Tensor target, Tensor encoder_weight, Tensor? encoder_bias, "
+      "Tensor decoder_weight, Tensor? decoder_bias, Tensor? squared_row_norms, float noise_level, Tensor? seed, "
+      "bool cross_entropy, float contractive_weight, float? sparsity_target, float sparsity_weight, "
+      "Tensor? weight_decay_term, float weight_decay) -> "
+      "(Tensor loss, Tensor reconstruction, Tensor hidden, Tensor mean_activation, Tensor reconstruction_term, "
+      "Tensor sparsity_term, Tensor contractive_term, Tensor squared_row_norms)");
+
   // Weight decay: (1/2) sum over the given weight matrices of ||W||^2 (never biases), whose
   // gradient is exactly W (times the upstream gradient). One read of each weight forward and
   // one pass backward: torch ops' pow(2).sum() or dot(w, w) make weight-sized temporaries and
@@ -174,6 +200,19 @@ at::Tensor kl_sparsity(const at::Tensor& mean_activation, double target) {
 at::Tensor mask_noise(const at::Tensor& x, double q, const at::Tensor& seed) {
   PYAE_OPERATOR(mask_noise);
   return op.call(x, q, seed);
+}
+
+AutoencoderLossOutputs autoencoder_loss(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& encoder_weight,
+    const c10::optional<at::Tensor>& encoder_bias, const at::Tensor& decoder_weight,
+    const c10::optional<at::Tensor>& decoder_bias, const c10::optional<at::Tensor>& squared_row_norms,
+    double noise_level, const c10::optional<at::Tensor>& seed, bool cross_entropy, double contractive_weight,
+    c10::optional<double> sparsity_target, double sparsity_weight, const c10::optional<at::Tensor>& weight_decay_term,
+    double weight_decay) {
+  PYAE_OPERATOR(autoencoder_loss);
+  return op.call(x, target, encoder_weight, encoder_bias, decoder_weight, decoder_bias, squared_row_norms, noise_level,
+                 seed, cross_entropy, contractive_weight, sparsity_target, sparsity_weight, weight_decay_term,
+                 weight_decay);
 }
 
 at::Tensor weight_decay(at::TensorList weights) {

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pyae import ops as _ops
-from pyae.ops import EncoderOutput, ReconstructionOutput, sigmoid_encoder
+from pyae.ops import AutoencoderLossOutput, EncoderOutput, ReconstructionOutput, sigmoid_encoder
 from pyae.validation import (
     RECONSTRUCTION_LOSSES,
+    autoencoder_options,
     check_choice,
     check_floating_tensor,
     check_generator,
@@ -28,6 +29,7 @@ from pyae.validation import (
 __all__ = [
     "EncoderOutput",
     "ReconstructionOutput",
+    "AutoencoderLossOutput",
     "sigmoid_encoder",
     "masked_sigmoid_encoder",
     "kl_sparsity",
@@ -36,6 +38,7 @@ __all__ = [
     "sigmoid_reconstruction_loss",
     "mask_noise",
     "gaussian_noise",
+    "autoencoder_loss",
 ]
 
 
@@ -226,3 +229,73 @@ def gaussian_noise(x: Tensor, std: float, *, generator: Optional[torch.Generator
         return x.clone()
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return x + std * noise
+
+
+def autoencoder_loss(x: Tensor, encoder_weight: Tensor, encoder_bias: Optional[Tensor], decoder_weight: Tensor,
+                     decoder_bias: Optional[Tensor], *, loss: str = "mse", noise: Optional[str] = None,
+                     noise_level: float = 0.0, generator: Optional[torch.Generator] = None,
+                     sparsity_target: Optional[float] = None, sparsity_weight: float = 0.0,
+                     contractive_weight: float = 0.0, weight_decay: float = 0.0,
+                     weight_decay_term: Optional[Tensor] = None,
+                     squared_row_norms: Optional[Tensor] = None) -> AutoencoderLossOutput:
+    """A one-hidden-layer sigmoid autoencoder's training objective in one fused operator.
+
+    What :class:`pyae.Autoencoder` with a sigmoid decoder computes in training mode, with the
+    same argument names: the hidden units of the (corrupted) input, the sigmoid decoder's
+    reconstruction of the clean ``x`` and the loss
+
+        reconstruction + weight_decay * weight_decay_term + sparsity_weight * KL
+                       + contractive_weight * contractive
+
+    The same numbers as :func:`sigmoid_encoder` (or :func:`masked_sigmoid_encoder`),
+    ``F.linear``, :func:`sigmoid_reconstruction_loss` and :func:`kl_sparsity` called one by
+    one, as one operator with one autograd node (``torch.ops.pyae.autoencoder_loss``): at
+    small batches a step's cost is the host work per operator and per node.
+
+    Args:
+        x: the clean input, ``(B, n)``; the reconstruction's target, treated as data (an ``x``
+            that requires grad is refused: use the operators one by one).
+        encoder_weight, encoder_bias: ``(k, n)`` and ``(k,)`` (or None).
+        decoder_weight, decoder_bias: ``(n, k)`` and ``(n,)`` (or None); tied weights pass
+            ``encoder_weight.t()``.
+        loss: ``"mse"`` or ``"cross_entropy"``.
+        noise, noise_level, generator: the corruption, as for :class:`pyae.Autoencoder`:
+            ``"mask"`` (the mask recomputed in the backward, never stored) or ``"gaussian"``.
+        sparsity_target, sparsity_weight: the KL term (reported whenever a target is given).
+        contractive_weight: the contractive term's weight (the term is always reported).
+        weight_decay: ``lambda``; its term is ``weight_decay_term`` when given (a 0-dim
+            tensor), else :func:`weight_decay` of the weight matrices (one matrix when
+            ``decoder_weight`` is a view of ``encoder_weight``, as with tied weights).
+        squared_row_norms: as for :func:`sigmoid_encoder`.
+
+    Returns:
+        An :class:`AutoencoderLossOutput` ``(loss, reconstruction, hidden, mean_activation,
+        reconstruction_term, sparsity_term, contractive_term)``.
+    """
+    options = autoencoder_options(
+        tied_weights=False, decoder_activation="sigmoid", loss=loss, weight_decay=weight_decay, noise=noise,
+        noise_level=noise_level, sparsity_target=sparsity_target, sparsity_weight=sparsity_weight,
+        contractive_weight=contractive_weight)
+    check_floating_tensor(x, "x")
+    check_generator(generator)
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            "x requires grad, but autoencoder_loss treats it as the reconstruction's target, which is data; "
+            "detach it, or call the operators one by one (sigmoid_encoder, sigmoid_reconstruction_loss, ...)"
+        )
+    for tensor, name in ((encoder_weight, "encoder_weight"), (decoder_weight, "decoder_weight")):
+        check_floating_tensor(tensor, name)
+    encoder_input, seed, noise_level = x, None, options["noise_level"]
+    if noise == "mask" and noise_level > 0.0:
+        seed = _draw_seed(generator, x.device)
+    elif noise == "gaussian":
+        encoder_input = gaussian_noise(x, noise_level, generator=generator)
+    weight_decay = options["weight_decay"]
+    if weight_decay > 0.0 and weight_decay_term is None:
+        matrices = [encoder_weight] if decoder_weight._base is encoder_weight else [encoder_weight, decoder_weight]
+        weight_decay_term = _ops.weight_decay(matrices)
+    return _ops.autoencoder_loss(
+        encoder_input, x, encoder_weight, encoder_bias, decoder_weight, decoder_bias,
+        squared_row_norms=squared_row_norms, noise_level=noise_level, seed=seed, loss=loss,
+        contractive_weight=options["contractive_weight"], sparsity_target=options["sparsity_target"],
+        sparsity_weight=options["sparsity_weight"], weight_decay_term=weight_decay_term, weight_decay=weight_decay)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyae import functional as PF
+from pyae import ops as _ops
 from pyae.distributed import global_mean_activation
 from pyae.validation import autoencoder_options, check_floating_tensor, check_int
 
@@ -245,9 +246,57 @@ class Autoencoder(nn.Module):
             generator: an optional ``torch.Generator`` for the corruption noise.
         """
         self._check_input(x)
-        tracked = self._tracked_norms.current(self) if self._tracked_norms is not None else None
+        # (At small batches a step is bound by host work: the module's attributes are read once.)
+        encoder = self.encoder
+        encoder_weight = encoder.weight
+        if self.tied_weights:
+            decoder_weight, decoder_bias = encoder_weight.t(), self.decoder_bias
+            matrices = (encoder_weight,)
+        else:
+            decoder = self.decoder
+            decoder_weight, decoder_bias = decoder.weight, decoder.bias
+            matrices = (encoder_weight, decoder_weight)
         # With a pyae.optim optimizer, the encoder reads its c from the optimizer's norms (no
         # pass over the weight) and leaves the chain rule through c to the update (pyae.optim).
+        tracked = self._tracked_norms.current(matrices) if self._tracked_norms is not None else None
+        if self.decoder_activation != "sigmoid" or self.statistics_group is not None or x.requires_grad:
+            return self._forward_by_parts(x, tracked, generator)
+        # The whole objective as one operator and one autograd node (pyae.ops.autoencoder_loss):
+        # the same numbers as the parts (_forward_by_parts), for the host work of one operator.
+        encoder_input, seed = x, None
+        if self.training and self.noise is not None and self.noise_level > 0.0:
+            if self.noise == "mask":
+                seed = PF._draw_seed(generator, x.device)
+            else:
+                encoder_input = PF.gaussian_noise(x, self.noise_level, generator=generator)
+        weight_decay_term = self._weight_decay_term(tracked) if self.weight_decay > 0.0 else None
+        out = _ops.autoencoder_loss(
+            encoder_input, x, encoder_weight, encoder.bias, decoder_weight, decoder_bias,
+            squared_row_norms=tracked[0] if tracked is not None else None, noise_level=self.noise_level, seed=seed,
+            loss=self.loss, contractive_weight=self.contractive_weight, sparsity_target=self.sparsity_target,
+            sparsity_weight=self.sparsity_weight, weight_decay_term=weight_decay_term, weight_decay=self.weight_decay)
+        terms = {"reconstruction": out.reconstruction_term}
+        if weight_decay_term is not None:
+            terms["weight_decay"] = weight_decay_term
+        if self.sparsity_target is not None:
+            terms["sparsity"] = out.sparsity_term
+        if self.contractive_weight > 0.0:
+            terms["contractive"] = out.contractive_term
+        return AutoencoderOutput(out.loss, out.reconstruction, out.hidden, terms)
+
+    def _weight_decay_term(self, tracked) -> Tensor:
+        """``(1/2) sum ||W||^2`` over the weight matrices, without a gradient where the optimizer
+        applies the term's."""
+        if tracked is not None and self.optimizer_applies_weight_decay:
+            # (1/2) sum ||W||^2 = (1/2) sum_l c_l: no pass over the weights.
+            return _half_total(tracked, self.encoder.weight.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.optimizer_applies_weight_decay):
+            return PF.weight_decay(self.weight_matrices())
+
+    def _forward_by_parts(self, x: Tensor, tracked, generator: Optional[torch.Generator]) -> AutoencoderOutput:
+        """The forward operator by operator: for the linear decoder, the sparsity statistic
+        of a batch spread over processes (the mean activation is reduced across them before
+        the KL term), and an input that requires grad (the fused losses treat it as data)."""
         encoder_norms = tracked[0] if tracked is not None else None
         if self.training and self.noise == "mask":
             # The masked encoder recomputes the mask in the backward instead of keeping the
@@ -268,12 +317,7 @@ class Autoencoder(nn.Module):
         terms = {"reconstruction": reconstruction_term}
         loss = reconstruction_term
         if self.weight_decay > 0.0:
-            if tracked is not None and self.optimizer_applies_weight_decay:
-                # (1/2) sum ||W||^2 = (1/2) sum_l c_l: no pass over the weights.
-                terms["weight_decay"] = _half_total(tracked, self.encoder.weight.dtype)
-            else:
-                with torch.set_grad_enabled(torch.is_grad_enabled() and not self.optimizer_applies_weight_decay):
-                    terms["weight_decay"] = PF.weight_decay(self.weight_matrices())
+            terms["weight_decay"] = self._weight_decay_term(tracked)
             loss = torch.add(loss, terms["weight_decay"], alpha=self.weight_decay)
         if self.sparsity_target is not None:
             mean_activation = global_mean_activation(encoded.mean_activation, x.shape[0], self.statistics_group)

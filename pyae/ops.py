@@ -49,6 +49,8 @@ __all__ = [
     "kl_sparsity",
     "weight_decay",
     "mask_noise",
+    "autoencoder_loss",
+    "AutoencoderLossOutput",
     "squared_row_norms",
     "has_cuda_kernels",
 ]
@@ -246,6 +248,49 @@ def adam_update_(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avgs: Se
                                         lr, beta1, beta2, eps)
 
 
+class AutoencoderLossOutput(NamedTuple):
+    """What :func:`autoencoder_loss` returns.
+
+    Attributes:
+        loss: the weighted total, a scalar.
+        reconstruction: ``xhat = sigmoid(hidden @ decoder_weight.T + decoder_bias)``, ``(B, n)``.
+        hidden: ``h``, ``(B, k)``, of the (masked) input.
+        mean_activation: ``rho_hat = h.mean(0)``, ``(k,)``.
+        reconstruction_term: the reconstruction loss, a scalar.
+        sparsity_term: ``sum_l KL(sparsity_target || rho_hat_l)``, a scalar; an empty ``(0,)``
+            tensor without a sparsity target.
+        contractive_term: the batch mean of ``||dh/dx||_F^2``, a scalar.
+    """
+
+    loss: Tensor
+    reconstruction: Tensor
+    hidden: Tensor
+    mean_activation: Tensor
+    reconstruction_term: Tensor
+    sparsity_term: Tensor
+    contractive_term: Tensor
+
+
+def autoencoder_loss(x: Tensor, target: Tensor, encoder_weight: Tensor, encoder_bias: Optional[Tensor],
+                     decoder_weight: Tensor, decoder_bias: Optional[Tensor], *,
+                     squared_row_norms: Optional[Tensor] = None, noise_level: float = 0.0,
+                     seed: Optional[Tensor] = None, loss: str = "mse", contractive_weight: float = 0.0,
+                     sparsity_target: Optional[float] = None, sparsity_weight: float = 0.0,
+                     weight_decay_term: Optional[Tensor] = None, weight_decay: float = 0.0) -> AutoencoderLossOutput:
+    """A sigmoid autoencoder's whole objective in one operator and one autograd node: the
+    composition of :func:`sigmoid_encoder` (of :func:`mask_noise` ``(x, noise_level, seed)``
+    when ``seed`` is given), the decoder's ``F.linear``, :func:`sigmoid_reconstruction_loss`
+    against ``target`` (data: no gradient) and :func:`kl_sparsity`, with
+    ``loss = reconstruction_term + weight_decay * weight_decay_term + sparsity_weight *
+    sparsity_term + contractive_weight * contractive_term`` (a term enters only with a nonzero
+    weight). The same numbers as those calls one by one, with the host work of one operator;
+    see :func:`pyae.functional.autoencoder_loss`, the checked public entry point."""
+    outputs = torch.ops.pyae.autoencoder_loss.default(
+        x, target, encoder_weight, encoder_bias, decoder_weight, decoder_bias, squared_row_norms, noise_level, seed,
+        _is_cross_entropy(loss), contractive_weight, sparsity_target, sparsity_weight, weight_decay_term, weight_decay)
+    return AutoencoderLossOutput(*outputs[:7])
+
+
 def weight_decay(weights: Sequence[Tensor]) -> Tensor:
     """``(1/2) * sum ||W||^2`` over ``weights`` (one dtype and device), gradient ``W`` each;
     see :func:`pyae.functional.weight_decay`, the checked public entry point."""
@@ -329,6 +374,29 @@ def _sigmoid_encoder_backward_fake(grad_hidden, grad_mean_activation, grad_contr
         weight.new_empty(weight.shape[0]) if want_bias else x.new_empty(0),
         torch.empty_like(squared_row_norms, memory_format=torch.contiguous_format) if want_norms else x.new_empty(0),
     )
+
+
+@torch.library.register_fake("pyae::autoencoder_loss")
+def _autoencoder_loss_fake(x, target, encoder_weight, encoder_bias, decoder_weight, decoder_bias, squared_row_norms,
+                           noise_level, seed, cross_entropy, contractive_weight, sparsity_target, sparsity_weight,
+                           weight_decay_term, weight_decay):
+    if seed is not None:
+        _mask_noise_fake(x, noise_level, seed)
+    hidden, mean_activation, contractive, norms = _sigmoid_encoder_fake(x, encoder_weight, encoder_bias,
+                                                                        squared_row_norms)
+    torch._check_value(
+        decoder_weight.dim() == 2 and tuple(decoder_weight.shape) == (x.shape[1], encoder_weight.shape[0]),
+        lambda: f"pyae: decoder_weight must be ({x.shape[1]}, {encoder_weight.shape[0]}), got {tuple(decoder_weight.shape)}",
+    )
+    reconstruction, reconstruction_term = _sigmoid_reconstruction_loss_fake(x, target, cross_entropy)
+    if sparsity_target is not None:
+        _check_kl_arguments(mean_activation, sparsity_target)
+    sparsity_term = x.new_empty(() if sparsity_target is not None else (0,))
+    loss_dtype = x.dtype
+    if weight_decay_term is not None and weight_decay != 0.0:
+        loss_dtype = torch.promote_types(loss_dtype, weight_decay_term.dtype)
+    return (x.new_empty((), dtype=loss_dtype), reconstruction, hidden, mean_activation, reconstruction_term,
+            sparsity_term, contractive, norms)
 
 
 @torch.library.register_fake("pyae::squared_row_norms")

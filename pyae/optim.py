@@ -78,14 +78,16 @@ class TrackedNorms:
         """The weights as they are now are what the norms describe (after an update)."""
         self.versions = [w._version for w in self.weights]
 
-    def current(self, model: Autoencoder) -> Optional[Tuple[Tensor, ...]]:
+    def current(self, weights: Sequence[Tensor]) -> Optional[Tuple[Tensor, ...]]:
         """The norms, brought up to date where a weight changed outside the optimizer; None
-        when the model's weights are no longer the tracked tensors (replaced parameters)."""
-        weights = model.weight_matrices()
-        if len(weights) != len(self.weights) or any(w is not t for w, t in zip(weights, self.weights)):
+        when ``weights`` (the model's :meth:`~pyae.Autoencoder.weight_matrices` now) are no
+        longer the tracked tensors (replaced parameters)."""
+        tracked = self.weights
+        if len(weights) != len(tracked) or any(w is not t for w, t in zip(weights, tracked)):
             return None
+        versions = self.versions
         for i, weight in enumerate(weights):
-            if weight._version != self.versions[i]:
+            if weight._version != versions[i]:
                 norms = self.norms[i]
                 if norms.device != weight.device or norms.dtype != _ops._accumulation_dtype(weight.dtype):
                     raise RuntimeError(

@@ -219,7 +219,7 @@ def test_autoencoder_terms_in_the_update_train_as_whole_gradients(device, option
     # The encoder really was given its norms (the contractive term's pass saved), and they are
     # the current weights' norms.
     tracked = fused_model._tracked_norms
-    for weight, norms in zip(fused_model.weight_matrices(), tracked.current(fused_model)):
+    for weight, norms in zip(fused_model.weight_matrices(), tracked.current(fused_model.weight_matrices())):
         torch.testing.assert_close(norms.detach(), weight.detach().square().sum(1), rtol=1e-12, atol=0)
 
 
