@@ -92,7 +92,8 @@ AutoencoderLossOutputs autoencoder_loss_autocast(
     double weight_decay) {
   return autoencoder_loss_from_parts(x, target, encoder_weight, encoder_bias, decoder_weight, decoder_bias,
                                      squared_row_norms, noise_level, seed, cross_entropy, contractive_weight,
-                                     sparsity_target, sparsity_weight, weight_decay_term, weight_decay);
+                                     sparsity_target, sparsity_weight, weight_decay_term, weight_decay,
+                                     /*under_autocast=*/true);
 }
 
 // mask_noise and the backward operators: the same call with autocast off, whatever the

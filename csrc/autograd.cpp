@@ -428,9 +428,6 @@ class AutoencoderLossFunction : public torch::autograd::Function<AutoencoderLoss
     index_if(has(kMasked));
     const int64_t weight_decay_term_index = index_if(has(kWeightDecayTerm));
     const auto needs = [ctx](int64_t index) { return index >= 0 && ctx->needs_input_grad(index); };
-    TORCH_CHECK(!needs(target_index),
-                "pyae.ops.autoencoder_loss treats its target as data and has no gradient for it; use the operators "
-                "one by one (pyae.functional), which fall back to torch ops for such targets");
 
     // An ordinary backward (no create_graph) goes straight to the device kernels; with
     // create_graph, every call below records its own differentiable graph.
@@ -466,7 +463,11 @@ class AutoencoderLossFunction : public torch::autograd::Function<AutoencoderLoss
     const bool want_decoder = needs(decoder_weight_index) || needs(decoder_bias_index);
     // The decoder: the reconstruction loss's gradient at the logits, then F.linear's.
     at::Tensor grad_hidden_total = grad_hidden;
-    if ((grad_reconstruction_total.defined() || grad_reconstruction.defined()) && (want_decoder || want_encoder)) {
+    const bool reconstruction_reached = grad_reconstruction_total.defined() || grad_reconstruction.defined();
+    TORCH_CHECK(!reconstruction_reached || !needs(target_index),
+                "pyae.ops.autoencoder_loss treats its target as data and has no gradient for it; use the operators "
+                "one by one (pyae.functional), which fall back to torch ops for such targets");
+    if (reconstruction_reached && (want_decoder || want_encoder)) {
       const at::Tensor grad_logits = detail::sigmoid_reconstruction_loss_backward(
           defined_or_none(grad_reconstruction), defined_or_none(grad_reconstruction_total), reconstruction, target,
           has(kCrossEntropy));

@@ -166,13 +166,25 @@ inline void check_weight_decay_backward_inputs(const at::Tensor& grad, at::Tenso
 }
 
 // What autoencoder_loss checks itself, under its own argument names (its parts check the
-// rest: the norms' dtype and shape, the seed, the sparsity target).
+// rest: the norms' dtype and shape, the seed). Under autocast (same_dtypes false) the
+// arguments may differ in dtype, as the parts' own autocast kernels allow: each part casts
+// what it is given, then checks.
 inline void check_autoencoder_loss_inputs(
     const at::Tensor& x, const at::Tensor& target, const at::Tensor& encoder_weight,
     const c10::optional<at::Tensor>& encoder_bias, const at::Tensor& decoder_weight,
     const c10::optional<at::Tensor>& decoder_bias, double noise_level, const c10::optional<at::Tensor>& seed,
-    double contractive_weight, double sparsity_weight, const c10::optional<at::Tensor>& weight_decay_term,
-    double weight_decay) {
+    double contractive_weight, c10::optional<double> sparsity_target, double sparsity_weight,
+    const c10::optional<at::Tensor>& weight_decay_term, double weight_decay, bool same_dtypes = true) {
+  const auto check_same_dtype_device = [same_dtypes](const at::Tensor& t, const char* name, const at::Tensor& ref,
+                                                     const char* ref_name) {
+    if (same_dtypes) {
+      pyae::check_same_dtype_device(t, name, ref, ref_name);
+    } else {
+      check_floating(t, name);
+      TORCH_CHECK_VALUE(t.device() == ref.device(), "pyae: ", name, " is on ", t.device(), " but ", ref_name,
+                        " is on ", ref.device(), "; they must be on the same device");
+    }
+  };
   check_floating(x, "x");
   TORCH_CHECK_VALUE(x.dim() == 2, "pyae: x must be 2-D (batch, features), got shape ", x.sizes());
   TORCH_CHECK_VALUE(x.size(0) > 0, "pyae: x must hold at least one row: the batch mean of an empty batch is undefined");
@@ -189,7 +201,7 @@ inline void check_autoencoder_loss_inputs(
       decoder_weight.dim() == 2 && decoder_weight.size(0) == n && decoder_weight.size(1) == k,
       "pyae: decoder_weight must be (", n, ", ", k, ") to decode ", k, " hidden units into x's ", n,
       " features, got shape ", decoder_weight.sizes());
-  const auto check_bias = [&x](const c10::optional<at::Tensor>& bias, const char* name, int64_t size) {
+  const auto check_bias = [&](const c10::optional<at::Tensor>& bias, const char* name, int64_t size) {
     if (!bias.has_value()) return;
     check_same_dtype_device(*bias, name, x, "x");
     TORCH_CHECK_VALUE(
@@ -209,12 +221,14 @@ inline void check_autoencoder_loss_inputs(
   check_weight(contractive_weight, "contractive_weight");
   check_weight(sparsity_weight, "sparsity_weight");
   check_weight(weight_decay, "weight_decay");
+  if (sparsity_target.has_value()) {
+    TORCH_CHECK_VALUE(*sparsity_target > 0.0 && *sparsity_target < 1.0, "pyae: sparsity_target must lie in (0, 1), got ",
+                      *sparsity_target);
+  }
   if (weight_decay_term.has_value()) {
-    check_floating(*weight_decay_term, "weight_decay_term");
+    check_same_dtype_device(*weight_decay_term, "weight_decay_term", x, "x");
     TORCH_CHECK_VALUE(weight_decay_term->dim() == 0, "pyae: weight_decay_term must be a 0-dim tensor, got shape ",
                       weight_decay_term->sizes());
-    TORCH_CHECK_VALUE(weight_decay_term->device() == x.device(), "pyae: weight_decay_term is on ",
-                      weight_decay_term->device(), " but x is on ", x.device(), "; they must be on the same device");
   }
 }
 

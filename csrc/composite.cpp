@@ -50,9 +50,10 @@ AutoencoderLossOutputs autoencoder_loss_from_parts(
     const c10::optional<at::Tensor>& decoder_bias, const c10::optional<at::Tensor>& squared_row_norms,
     double noise_level, const c10::optional<at::Tensor>& seed, bool cross_entropy, double contractive_weight,
     c10::optional<double> sparsity_target, double sparsity_weight, const c10::optional<at::Tensor>& weight_decay_term,
-    double weight_decay) {
+    double weight_decay, bool under_autocast) {
   check_autoencoder_loss_inputs(x, target, encoder_weight, encoder_bias, decoder_weight, decoder_bias, noise_level,
-                                seed, contractive_weight, sparsity_weight, weight_decay_term, weight_decay);
+                                seed, contractive_weight, sparsity_target, sparsity_weight, weight_decay_term,
+                                weight_decay, /*same_dtypes=*/!under_autocast);
   auto [hidden, mean_activation, contractive, norms] =
       seed.has_value() ? masked_sigmoid_encoder(x, encoder_weight, encoder_bias, noise_level, *seed, squared_row_norms)
                        : sigmoid_encoder(x, encoder_weight, encoder_bias, squared_row_norms);
@@ -75,8 +76,25 @@ AutoencoderLossOutputs autoencoder_loss_from_parts(
   return {loss, reconstruction, hidden, mean_activation, reconstruction_term, sparsity_term, contractive, norms};
 }
 
+namespace {
+
+AutoencoderLossOutputs autoencoder_loss_composite(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& encoder_weight,
+    const c10::optional<at::Tensor>& encoder_bias, const at::Tensor& decoder_weight,
+    const c10::optional<at::Tensor>& decoder_bias, const c10::optional<at::Tensor>& squared_row_norms,
+    double noise_level, const c10::optional<at::Tensor>& seed, bool cross_entropy, double contractive_weight,
+    c10::optional<double> sparsity_target, double sparsity_weight, const c10::optional<at::Tensor>& weight_decay_term,
+    double weight_decay) {
+  return autoencoder_loss_from_parts(x, target, encoder_weight, encoder_bias, decoder_weight, decoder_bias,
+                                     squared_row_norms, noise_level, seed, cross_entropy, contractive_weight,
+                                     sparsity_target, sparsity_weight, weight_decay_term, weight_decay,
+                                     /*under_autocast=*/false);
+}
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(pyae, CompositeExplicitAutograd, m) {
-  m.impl("autoencoder_loss", &autoencoder_loss_from_parts);
+  m.impl("autoencoder_loss", &autoencoder_loss_composite);
   m.impl("weight_decay", &weight_decay_composite);
   m.impl("weight_decay_backward", &weight_decay_backward_composite);
   m.impl("masked_sigmoid_encoder", &masked_sigmoid_encoder_composite);

@@ -56,15 +56,16 @@ AutoencoderLossOutputs autoencoder_loss(
     double weight_decay);
 
 // The composition that autoencoder_loss is, part by part through the dispatcher
-// (composite.cpp): its kernel below autograd, and under autocast a differentiable
-// composition whose parts each take their own autocast policy.
+// (composite.cpp): its kernel below autograd, and under autocast (under_autocast: the
+// arguments' dtypes may differ, each part casts its own) a differentiable composition whose
+// parts each take their own autocast policy.
 AutoencoderLossOutputs autoencoder_loss_from_parts(
     const at::Tensor& x, const at::Tensor& target, const at::Tensor& encoder_weight,
     const c10::optional<at::Tensor>& encoder_bias, const at::Tensor& decoder_weight,
     const c10::optional<at::Tensor>& decoder_bias, const c10::optional<at::Tensor>& squared_row_norms,
     double noise_level, const c10::optional<at::Tensor>& seed, bool cross_entropy, double contractive_weight,
     c10::optional<double> sparsity_target, double sparsity_weight, const c10::optional<at::Tensor>& weight_decay_term,
-    double weight_decay);
+    double weight_decay, bool under_autocast);
 
 at::Tensor weight_decay(at::TensorList weights);
 

@@ -283,8 +283,17 @@ def autoencoder_loss(x: Tensor, encoder_weight: Tensor, encoder_bias: Optional[T
             "x requires grad, but autoencoder_loss treats it as the reconstruction's target, which is data; "
             "detach it, or call the operators one by one (sigmoid_encoder, sigmoid_reconstruction_loss, ...)"
         )
-    for tensor, name in ((encoder_weight, "encoder_weight"), (decoder_weight, "decoder_weight")):
-        check_floating_tensor(tensor, name)
+    check_floating_tensor(encoder_weight, "encoder_weight")
+    check_floating_tensor(decoder_weight, "decoder_weight")
+    for tensor, name in ((encoder_bias, "encoder_bias"), (decoder_bias, "decoder_bias"),
+                         (squared_row_norms, "squared_row_norms"), (weight_decay_term, "weight_decay_term")):
+        if tensor is not None:
+            check_floating_tensor(tensor, name)
+    if decoder_weight.dtype != encoder_weight.dtype or decoder_weight.device != encoder_weight.device:
+        raise TypeError(
+            f"decoder_weight ({decoder_weight.dtype}, {decoder_weight.device}) must have encoder_weight's dtype and "
+            f"device ({encoder_weight.dtype}, {encoder_weight.device})"
+        )
     encoder_input, seed, noise_level = x, None, options["noise_level"]
     if noise == "mask" and noise_level > 0.0:
         seed = _draw_seed(generator, x.device)
@@ -292,10 +301,17 @@ def autoencoder_loss(x: Tensor, encoder_weight: Tensor, encoder_bias: Optional[T
         encoder_input = gaussian_noise(x, noise_level, generator=generator)
     weight_decay = options["weight_decay"]
     if weight_decay > 0.0 and weight_decay_term is None:
-        matrices = [encoder_weight] if decoder_weight._base is encoder_weight else [encoder_weight, decoder_weight]
-        weight_decay_term = _ops.weight_decay(matrices)
+        tied = _is_transpose_of(decoder_weight, encoder_weight)
+        weight_decay_term = _ops.weight_decay([encoder_weight] if tied else [encoder_weight, decoder_weight])
     return _ops.autoencoder_loss(
         encoder_input, x, encoder_weight, encoder_bias, decoder_weight, decoder_bias,
         squared_row_norms=squared_row_norms, noise_level=noise_level, seed=seed, loss=loss,
         contractive_weight=options["contractive_weight"], sparsity_target=options["sparsity_target"],
         sparsity_weight=options["sparsity_weight"], weight_decay_term=weight_decay_term, weight_decay=weight_decay)
+
+
+def _is_transpose_of(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` is ``b.t()``: the same memory read with the dimensions swapped (tied weights)."""
+    return (a.dim() == 2 and b.dim() == 2 and a.shape == b.shape[::-1] and a.stride() == b.stride()[::-1]
+            and a.storage_offset() == b.storage_offset()
+            and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())

@@ -376,27 +376,61 @@ def _sigmoid_encoder_backward_fake(grad_hidden, grad_mean_activation, grad_contr
     )
 
 
+def _check_same_dtype(t: Tensor, name: str, x: Tensor) -> None:
+    torch._check_type(t.dtype == x.dtype, lambda: f"pyae: {name} has dtype {t.dtype} but x has dtype {x.dtype}")
+
+
+def _check_autoencoder_loss_arguments(x, target, encoder_weight, encoder_bias, decoder_weight, decoder_bias,
+                                      noise_level, seed, contractive_weight, sparsity_target, sparsity_weight,
+                                      weight_decay_term, weight_decay) -> None:
+    """csrc/checks.h's check_autoencoder_loss_inputs (outside autocast)."""
+    _check_kernel_dtype(x, "x")
+    torch._check_value(x.dim() == 2, lambda: f"pyae: x must be 2-D (batch, features), got shape {tuple(x.shape)}")
+    torch._check_value(x.shape[0] > 0, lambda: "pyae: x must hold at least one row")
+    _check_same_dtype(target, "target", x)
+    torch._check_value(target.shape == x.shape,
+                       lambda: f"pyae: target must have x's shape {tuple(x.shape)}, got {tuple(target.shape)}")
+    n = x.shape[1]
+    _check_same_dtype(encoder_weight, "encoder_weight", x)
+    torch._check_value(encoder_weight.dim() == 2 and encoder_weight.shape[1] == n,
+                       lambda: f"pyae: encoder_weight must be (hidden, {n}), got {tuple(encoder_weight.shape)}")
+    k = encoder_weight.shape[0]
+    _check_same_dtype(decoder_weight, "decoder_weight", x)
+    torch._check_value(decoder_weight.dim() == 2 and tuple(decoder_weight.shape) == (n, k),
+                       lambda: f"pyae: decoder_weight must be ({n}, {k}), got {tuple(decoder_weight.shape)}")
+    for bias, name, size in ((encoder_bias, "encoder_bias", k), (decoder_bias, "decoder_bias", n)):
+        if bias is not None:
+            _check_same_dtype(bias, name, x)
+            torch._check_value(bias.dim() == 1 and bias.shape[0] == size,
+                               lambda: f"pyae: {name} must have shape ({size},), got {tuple(bias.shape)}")
+    if seed is not None:
+        torch._check_value(0.0 <= noise_level <= 1.0, lambda: f"pyae: noise_level must lie in [0, 1], got {noise_level}")
+    for weight, name in ((contractive_weight, "contractive_weight"), (sparsity_weight, "sparsity_weight"),
+                         (weight_decay, "weight_decay")):
+        torch._check_value(0.0 <= weight < float("inf"), lambda: f"pyae: {name} must be finite and >= 0, got {weight}")
+    if sparsity_target is not None:
+        torch._check_value(0.0 < sparsity_target < 1.0,
+                           lambda: f"pyae: sparsity_target must lie in (0, 1), got {sparsity_target}")
+    if weight_decay_term is not None:
+        _check_same_dtype(weight_decay_term, "weight_decay_term", x)
+        torch._check_value(weight_decay_term.dim() == 0,
+                           lambda: f"pyae: weight_decay_term must be a 0-dim tensor, got {tuple(weight_decay_term.shape)}")
+
+
 @torch.library.register_fake("pyae::autoencoder_loss")
 def _autoencoder_loss_fake(x, target, encoder_weight, encoder_bias, decoder_weight, decoder_bias, squared_row_norms,
                            noise_level, seed, cross_entropy, contractive_weight, sparsity_target, sparsity_weight,
                            weight_decay_term, weight_decay):
+    _check_autoencoder_loss_arguments(x, target, encoder_weight, encoder_bias, decoder_weight, decoder_bias,
+                                      noise_level, seed, contractive_weight, sparsity_target, sparsity_weight,
+                                      weight_decay_term, weight_decay)
     if seed is not None:
         _mask_noise_fake(x, noise_level, seed)
     hidden, mean_activation, contractive, norms = _sigmoid_encoder_fake(x, encoder_weight, encoder_bias,
                                                                         squared_row_norms)
-    torch._check_value(
-        decoder_weight.dim() == 2 and tuple(decoder_weight.shape) == (x.shape[1], encoder_weight.shape[0]),
-        lambda: f"pyae: decoder_weight must be ({x.shape[1]}, {encoder_weight.shape[0]}), got {tuple(decoder_weight.shape)}",
-    )
-    reconstruction, reconstruction_term = _sigmoid_reconstruction_loss_fake(x, target, cross_entropy)
-    if sparsity_target is not None:
-        _check_kl_arguments(mean_activation, sparsity_target)
+    reconstruction = torch.empty_like(x, memory_format=torch.contiguous_format)
     sparsity_term = x.new_empty(() if sparsity_target is not None else (0,))
-    loss_dtype = x.dtype
-    if weight_decay_term is not None and weight_decay != 0.0:
-        loss_dtype = torch.promote_types(loss_dtype, weight_decay_term.dtype)
-    return (x.new_empty((), dtype=loss_dtype), reconstruction, hidden, mean_activation, reconstruction_term,
-            sparsity_term, contractive, norms)
+    return (x.new_empty(()), reconstruction, hidden, mean_activation, x.new_empty(()), sparsity_term, contractive, norms)
 
 
 @torch.library.register_fake("pyae::squared_row_norms")
@@ -484,6 +518,7 @@ def _mask_noise_fake(x: Tensor, q: float, seed: Tensor):
     _check_kernel_dtype(x, "x")
     torch._check_value(0.0 <= q <= 1.0, lambda: f"pyae: q must lie in [0, 1], got {q}")
     torch._check_type(seed.dtype == torch.int64, lambda: f"pyae: seed must be an int64 tensor, got {seed.dtype}")
+    torch._check_value(seed.numel() == 1, lambda: f"pyae: seed must hold one value, got shape {tuple(seed.shape)}")
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 

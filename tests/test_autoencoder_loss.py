@@ -193,6 +193,11 @@ def test_target_is_data(device):
         ops.autoencoder_loss(x, x, *tensors[1:], **keywords).loss.backward()
     with pytest.raises(ValueError, match="x requires grad"):
         PF.autoencoder_loss(x, *tensors[1:], loss="mse")
+    # An output that does not reach the reconstruction loss asks nothing of the target.
+    target = tensors[0].clone().requires_grad_()
+    out = ops.autoencoder_loss(tensors[0], target, *tensors[1:], **keywords)
+    out.hidden.sum().backward()
+    assert target.grad is None
 
 
 def test_a_term_alone_reaches_only_its_inputs(device):
@@ -248,6 +253,20 @@ def test_autocast_runs_the_parts_each_by_its_policy():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_module_under_autocast_takes_inputs_of_another_dtype():
+    """Under autocast the parts cast what they are given: a bfloat16 batch into a float32
+    model works as it does operator by operator."""
+    torch.manual_seed(3)
+    model = pyae.Autoencoder(6, 3, loss="cross_entropy", sparsity_target=0.1, sparsity_weight=0.2,
+                             contractive_weight=0.1, weight_decay=0.01)
+    x = torch.rand(4, 6).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = model(x)
+        parts = model._forward_by_parts(x, None, None)
+    assert "AutoencoderLoss" not in fused.loss.grad_fn.name()  # recorded part by part
+    assert torch.equal(fused.loss, parts.loss)
+
+
 BAD_INPUTS = [
     ("target shape", lambda a: a.update(target=a["target"][:, :-1]), ValueError, "target must have x's shape"),
     ("target dtype", lambda a: a.update(target=a["target"].float()), TypeError, "target has dtype"),
@@ -265,12 +284,21 @@ BAD_INPUTS = [
     ("negative weight", lambda a: a.update(contractive_weight=-0.1), ValueError, "contractive_weight must be"),
     ("weight_decay_term shape", lambda a: a.update(weight_decay=0.1, weight_decay_term=torch.ones(2, dtype=torch.float64)),
      ValueError, "weight_decay_term must be a 0-dim"),
-    ("sparsity_target", lambda a: a.update(sparsity_target=1.5), ValueError, "target must lie in"),
+    ("decoder_bias dtype", lambda a: a.update(decoder_bias=a["decoder_bias"].float()), TypeError,
+     "decoder_bias has dtype"),
+    ("sparsity_target", lambda a: a.update(sparsity_target=1.5), ValueError, "sparsity_target must lie in"),
+    ("NaN weight", lambda a: a.update(weight_decay=float("nan")), ValueError, "weight_decay must be"),
+    ("weight_decay_term dtype", lambda a: a.update(weight_decay=0.1, weight_decay_term=torch.tensor(1.0)), TypeError,
+     "weight_decay_term has dtype"),
+    ("seed shape", lambda a: a.update(noise_level=0.5, seed=torch.tensor([1, 2])), ValueError,
+     "seed must hold one value"),
 ]
 
 
 @pytest.mark.parametrize("name, change, error, message", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
 def test_bad_input_names_the_argument(name, change, error, message):
+    """From the kernel and from the fake kernel alike (a traced program fails where an eager
+    one would)."""
     tensors, _ = make_arguments(dict(loss="mse"))
     arguments = dict(x=tensors[0], target=tensors[0], encoder_weight=tensors[1], encoder_bias=tensors[2],
                      decoder_weight=tensors[3], decoder_bias=tensors[4])
@@ -279,6 +307,19 @@ def test_bad_input_names_the_argument(name, change, error, message):
                                                  "decoder_bias")]
     with pytest.raises(error, match=message):
         ops.autoencoder_loss(*positional, **arguments)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = lambda t: mode.from_tensor(t) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        with pytest.raises(error, match=message):
+            ops.autoencoder_loss(*map(fake, positional), **{key: fake(value) for key, value in arguments.items()})
+
+
+def test_functional_bad_input_names_the_argument():
+    tensors, _ = make_arguments(dict(loss="mse"))
+    x, encoder_weight, encoder_bias, decoder_weight, decoder_bias = tensors
+    with pytest.raises(TypeError, match="decoder_bias"):
+        PF.autoencoder_loss(x, encoder_weight, encoder_bias, decoder_weight, [0.0] * 7)
+    with pytest.raises(TypeError, match="decoder_weight .* must have encoder_weight's dtype"):
+        PF.autoencoder_loss(x, encoder_weight, encoder_bias, decoder_weight.float(), decoder_bias, weight_decay=0.1)
 
 
 # --------------------------------------------------------------------------------------
@@ -300,8 +341,11 @@ def test_functional_matches_the_module():
         assert torch.equal(out.terms[term], getattr(functional, f"{term}_term"))
 
 
-def test_functional_counts_tied_weights_once():
-    weight = torch.randn(4, 9, dtype=torch.float64)
+@pytest.mark.parametrize("weight_is_a_view", [False, True])
+def test_functional_counts_tied_weights_once(weight_is_a_view):
+    weight = torch.randn(6 if weight_is_a_view else 4, 9, dtype=torch.float64)
+    if weight_is_a_view:
+        weight = weight[2:]
     bias = torch.zeros(9, dtype=torch.float64)
     x = torch.rand(3, 9, dtype=torch.float64)
     tied = PF.autoencoder_loss(x, weight, None, weight.t(), bias, weight_decay=1.0)

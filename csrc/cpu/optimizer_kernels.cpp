@@ -1,8 +1,8 @@
 // CPU kernels of the fused optimizer updates (sgd_update_, adam_update_): one pass over each
 // parameter, in row blocks run in parallel. Each element is updated independently (no sums
-// across elements), and each row's squared norm is taken right after the row is written,
-// while it is in cache, by the same code the encoder uses (cpu/row_norms.h): the results are
-// the same whatever the number of threads.
+// across elements), and each row's squared norm is summed as its values are written, in the
+// summation order the encoder uses (cpu/row_norms.h): the results are the same whatever the
+// number of threads, and equal to squared_row_norms'.
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -24,34 +24,53 @@ namespace {
 // Elements per work item where a parameter is updated without row norms or row decays.
 constexpr int64_t kFlatBlock = 16384;
 
-template <bool kMomentum, typename scalar_t, typename acc_t>
+// The update of the elements [begin, end) of one parameter; with norm, they are one row,
+// and *norm receives the squared norm of the values written, summed as
+// cpu::squared_norms_of_rows sums a row (the same bits as squared_row_norms), while each
+// value is still in a register.
+template <bool kMomentum, bool kNorm, typename scalar_t, typename acc_t>
 PYAE_CPU_MULTIVERSION void sgd_range(scalar_t* __restrict p, const scalar_t* __restrict g, scalar_t* __restrict buf,
-                                     int64_t begin, int64_t end, acc_t decay, SgdCoefficients<acc_t> k) {
-  for (int64_t i = begin; i < end; ++i) {
+                                     int64_t begin, int64_t end, acc_t decay, SgdCoefficients<acc_t> k,
+                                     acc_t* __restrict norm) {
+  const auto element = [=](int64_t i) {
     acc_t b = kMomentum ? static_cast<acc_t>(buf[i]) : acc_t(0);
-    const acc_t updated =
-        sgd_update<kMomentum>(static_cast<acc_t>(p[i]), static_cast<acc_t>(g[i]), decay, &b, k);
-    p[i] = static_cast<scalar_t>(updated);
+    const scalar_t updated =
+        static_cast<scalar_t>(sgd_update<kMomentum>(static_cast<acc_t>(p[i]), static_cast<acc_t>(g[i]), decay, &b, k));
+    p[i] = updated;
     if constexpr (kMomentum) buf[i] = static_cast<scalar_t>(b);
+    return static_cast<acc_t>(updated);
+  };
+  if constexpr (kNorm) {
+    *norm = cpu::squared_norm_of<acc_t>(end - begin, [&](int64_t j) { return element(begin + j); });
+  } else {
+    for (int64_t i = begin; i < end; ++i) element(i);
   }
 }
 
-template <typename scalar_t, typename acc_t>
+template <bool kNorm, typename scalar_t, typename acc_t>
 PYAE_CPU_MULTIVERSION void adam_range(scalar_t* __restrict p, const scalar_t* __restrict g, scalar_t* __restrict m,
                                       scalar_t* __restrict v, int64_t begin, int64_t end, acc_t decay,
-                                      AdamCoefficients<acc_t> k) {
-  for (int64_t i = begin; i < end; ++i) {
+                                      AdamCoefficients<acc_t> k, acc_t* __restrict norm) {
+  const auto element = [=](int64_t i) {
     acc_t m_i = static_cast<acc_t>(m[i]), v_i = static_cast<acc_t>(v[i]);
-    const acc_t updated = adam_update(static_cast<acc_t>(p[i]), static_cast<acc_t>(g[i]), decay, &m_i, &v_i, k);
-    p[i] = static_cast<scalar_t>(updated);
+    const scalar_t updated =
+        static_cast<scalar_t>(adam_update(static_cast<acc_t>(p[i]), static_cast<acc_t>(g[i]), decay, &m_i, &v_i, k));
+    p[i] = updated;
     m[i] = static_cast<scalar_t>(m_i);
     v[i] = static_cast<scalar_t>(v_i);
+    return static_cast<acc_t>(updated);
+  };
+  if constexpr (kNorm) {
+    *norm = cpu::squared_norm_of<acc_t>(end - begin, [&](int64_t j) { return element(begin + j); });
+  } else {
+    for (int64_t i = begin; i < end; ++i) element(i);
   }
 }
 
-// Runs update(begin, end, decay) over the whole of param: row by row (decay = weight_decay
-// + 2 r_l, and each row's squared norm into norms) when the parameter has row decays or
-// wants norms, else in flat blocks with decay = weight_decay.
+// Runs update(begin, end, decay, norm) over the whole of param: row by row (decay =
+// weight_decay + 2 r_l, and norm pointing at the row's entry of norms, or null) when the
+// parameter has row decays or wants norms, else in flat blocks with decay = weight_decay
+// and no norm.
 template <typename scalar_t, typename Update>
 void update_parameter(const at::Tensor& param, double weight_decay, const c10::optional<at::Tensor>& row_grads,
                       const at::Tensor& norms, const Update& update) {
@@ -62,17 +81,16 @@ void update_parameter(const at::Tensor& param, double weight_decay, const c10::o
   const bool want_norms = norms.defined() && norms.numel() > 0;
   const bool by_rows = row_grads.has_value() || want_norms;
   if (!by_rows) {
-    at::parallel_for(0, numel, kFlatBlock, [&](int64_t begin, int64_t end) { update(begin, end, decay); });
+    at::parallel_for(0, numel, kFlatBlock, [&](int64_t begin, int64_t end) { update(begin, end, decay, nullptr); });
     return;
   }
   const int64_t rows = param.size(0), cols = rows > 0 ? numel / rows : 0;
   const acc_t* r = row_grads.has_value() ? row_grads->const_data_ptr<acc_t>() : nullptr;
   acc_t* out = want_norms ? norms.mutable_data_ptr<acc_t>() : nullptr;
-  const scalar_t* values = param.const_data_ptr<scalar_t>();
   at::parallel_for(0, rows, std::max<int64_t>(1, kFlatBlock / std::max<int64_t>(cols, 1)), [&](int64_t first, int64_t last) {
     for (int64_t row = first; row < last; ++row) {
-      update(row * cols, (row + 1) * cols, r != nullptr ? decay + acc_t(2) * r[row] : decay);
-      if (out != nullptr) cpu::squared_norms_of_rows(values, cols, row, row + 1, out);
+      update(row * cols, (row + 1) * cols, r != nullptr ? decay + acc_t(2) * r[row] : decay,
+             out != nullptr ? out + row : nullptr);
     }
   });
 }
@@ -94,11 +112,13 @@ void sgd_update_cpu(
       scalar_t* buf = has_momentum ? momentum_buffers[i].mutable_data_ptr<scalar_t>() : nullptr;
       update_parameter<scalar_t>(
           param, weight_decays[i], entry_or_none(squared_row_norm_grads, i), entry_or_undefined(squared_row_norms, i),
-          [&](int64_t begin, int64_t end, acc_t decay) {
-            if (has_momentum) {
-              sgd_range<true>(p, g, buf, begin, end, decay, k);
+          [&](int64_t begin, int64_t end, acc_t decay, acc_t* norm) {
+            if (norm != nullptr) {
+              has_momentum ? sgd_range<true, true>(p, g, buf, begin, end, decay, k, norm)
+                           : sgd_range<false, true>(p, g, buf, begin, end, decay, k, norm);
             } else {
-              sgd_range<false>(p, g, buf, begin, end, decay, k);
+              has_momentum ? sgd_range<true, false>(p, g, buf, begin, end, decay, k, norm)
+                           : sgd_range<false, false>(p, g, buf, begin, end, decay, k, norm);
             }
           });
     });
@@ -123,7 +143,10 @@ void adam_update_cpu(
       scalar_t* v = exp_avg_sqs[i].mutable_data_ptr<scalar_t>();
       update_parameter<scalar_t>(
           param, weight_decays[i], entry_or_none(squared_row_norm_grads, i), entry_or_undefined(squared_row_norms, i),
-          [&](int64_t begin, int64_t end, acc_t decay) { adam_range(p, g, m, v, begin, end, decay, k); });
+          [&](int64_t begin, int64_t end, acc_t decay, acc_t* norm) {
+            norm != nullptr ? adam_range<true>(p, g, m, v, begin, end, decay, k, norm)
+                            : adam_range<false>(p, g, m, v, begin, end, decay, k, norm);
+          });
     });
   }
 }
