@@ -57,6 +57,11 @@ def run_case(dtype, shape, offset, device):
     results += [ops.kl_sparsity(rho_hat, 0.05), ops.kl_sparsity_backward(tensor(()), rho_hat, 0.05)]
     results.append(ops.weight_decay([weight, tensor(n, k)]))
     results += ops.weight_decay_backward(tensor(()), [weight, tensor(n, k)])
+    # The whole objective (the parts above composed) and its one backward node.
+    leaves = [t.detach().clone().requires_grad_() for t in (weight, bias, tensor(n, k, scale=k**-0.5), tensor(n))]
+    objective = ops.autoencoder_loss(x, x, *leaves, noise_level=0.3, seed=seed, loss="cross_entropy",
+                                     contractive_weight=0.1, sparsity_target=0.05, sparsity_weight=0.1)
+    results += list(objective) + list(torch.autograd.grad(objective.loss, leaves))
     return [r for r in results if r is not None]
 
 
