@@ -471,9 +471,11 @@ class AutoencoderLossFunction : public torch::autograd::Function<AutoencoderLoss
       const at::Tensor grad_logits = detail::sigmoid_reconstruction_loss_backward(
           defined_or_none(grad_reconstruction), defined_or_none(grad_reconstruction_total), reconstruction, target,
           has(kCrossEntropy));
+      // In the order of F.linear's own backward (AddmmBackward0: the input's gradient, then
+      // the weight's, then the bias').
+      if (want_encoder) grad_hidden_total = sum(at::mm(grad_logits, decoder_weight), grad_hidden);
       if (needs(decoder_weight_index)) result[4] = at::mm(grad_logits.t(), hidden);
       if (needs(decoder_bias_index)) result[5] = grad_logits.sum(0);
-      if (want_encoder) grad_hidden_total = sum(at::mm(grad_logits, decoder_weight), grad_hidden);
     }
     if (!want_encoder) return result;
 
