@@ -57,6 +57,19 @@ def run_case(dtype, shape, offset, device):
     results += [ops.kl_sparsity(rho_hat, 0.05), ops.kl_sparsity_backward(tensor(()), rho_hat, 0.05)]
     results.append(ops.weight_decay([weight, tensor(n, k)]))
     results += ops.weight_decay_backward(tensor(()), [weight, tensor(n, k)])
+    # The fused optimizer updates (with a row decay, and the updated rows' norms written) and
+    # squared_row_norms.
+    accumulation = ops._accumulation_dtype(dtype)
+    params, grads = [tensor(k, n, scale=n**-0.5), tensor(k)], [tensor(k, n), tensor(k)]
+    row_grads = [placed(torch.rand(k, generator=generator).to(accumulation), offset, device), None]
+    norms_out = [torch.empty(k, dtype=accumulation, device=device), torch.empty(0, dtype=accumulation, device=device)]
+    ops.sgd_update_(params, grads, [torch.zeros_like(p) for p in params], row_grads, [1e-4, 0.0], norms_out,
+                    lr=0.01, momentum=0.9, dampening=0.0, nesterov=True, first_step=True)
+    results += params + norms_out[:1]
+    ops.adam_update_(params, grads, [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params],
+                     [torch.ones((), device=device) for _ in params], row_grads, [1e-4, 0.0], norms_out,
+                     lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
+    results += params + norms_out[:1] + [ops.squared_row_norms(weight)]
     # The whole objective (the parts above composed) and its one backward node.
     leaves = [t.detach().clone().requires_grad_() for t in (weight, bias, tensor(n, k, scale=k**-0.5), tensor(n))]
     objective = ops.autoencoder_loss(x, x, *leaves, noise_level=0.3, seed=seed, loss="cross_entropy",

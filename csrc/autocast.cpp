@@ -10,7 +10,10 @@
 //   - the reconstruction loss, the KL penalty and weight decay run in float32 (like
 //     binary_cross_entropy_with_logits, kl_div and norm): the loss is float32;
 //   - mask_noise and the backward operators run in the dtype they are given (a backward's
-//     dtypes are those its forward ran in), with autocast off inside them.
+//     dtypes are those its forward ran in), with autocast off inside them;
+//   - autoencoder_loss is the exception to "cast, then exclude": it calls its parts with
+//     autocast still on, and each part casts its own by the rules above (the decoder's
+//     product as at::linear's).
 // float64 arguments are never cast (autocast's own rule).
 
 #include <ATen/autocast_mode.h>

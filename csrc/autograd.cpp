@@ -14,6 +14,10 @@
 // masking noise. Outputs that did not reach the loss get undefined gradients
 // (set_materialize_grads(false)), and the backward kernels skip their terms.
 //
+// autoencoder_loss, the whole objective, has no backward operator of its own: its one node
+// chains its parts' backward operators (and the decoder's products), and saves what the
+// parts save.
+//
 // Higher order: the backward operators have autograd kernels too. When a backward runs
 // with create_graph=True (grad mode on and a differentiable input), each computes its
 // gradients with the same formulas written as differentiable ATen ops (docs/design.md), so

@@ -1,6 +1,6 @@
 // The pyae operator library: every schema lives here, with the C++ entry point of each
-// operator (ops.h); the kernels are in cpu/ and cuda/, autograd in autograd.cpp, autocast in
-// autocast.cpp.
+// operator (ops.h); the kernels are in cpu/ and cuda/ (the device-generic ones in
+// composite.cpp), autograd in autograd.cpp, autocast in autocast.cpp.
 //
 // Conventions (docs/design.md): x is (B, n), weight is (k, n) in the nn.Linear layout, bias is (k,).
 //   a = x @ weight.T + bias,  h = sigmoid(a),  d = h * (1 - h),  c_l = ||weight_l||^2

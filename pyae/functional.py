@@ -3,7 +3,9 @@
 Conventions (docs/design.md): ``x`` is ``(B, n)``, ``weight`` is ``(k, n)`` (the
 ``nn.Linear`` layout), ``bias`` is ``(k,)``. Every penalty and loss is a mean over the batch
 of a per-example sum, so its size does not depend on the batch size. The modules of
-:mod:`pyae.modules` call these functions with the same argument names.
+:mod:`pyae.modules` take the same argument names; they call the operator behind
+:func:`autoencoder_loss` (the whole objective) or, where it does not apply, these functions
+one by one.
 """
 
 from __future__ import annotations

@@ -294,9 +294,10 @@ class Autoencoder(nn.Module):
             return PF.weight_decay(self.weight_matrices())
 
     def _forward_by_parts(self, x: Tensor, tracked, generator: Optional[torch.Generator]) -> AutoencoderOutput:
-        """The forward operator by operator: for the linear decoder, the sparsity statistic
-        of a batch spread over processes (the mean activation is reduced across them before
-        the KL term), and an input that requires grad (the fused losses treat it as data)."""
+        """The forward operator by operator: for the linear decoder, a model converted by
+        :func:`pyae.distributed.convert_sync_sparsity` (the mean activation is reduced across
+        processes before the KL term), and an input that requires grad (the fused losses treat
+        it as data)."""
         encoder_norms = tracked[0] if tracked is not None else None
         if self.training and self.noise == "mask":
             # The masked encoder recomputes the mask in the backward instead of keeping the

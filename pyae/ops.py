@@ -1,14 +1,15 @@
 """The compiled operators of pyae and their fake kernels.
 
 Loading :mod:`pyae._C` registers the ``torch.ops.pyae`` operators: the schemas in
-``csrc/pyae.cpp``, the kernels in ``csrc/cpu`` and ``csrc/cuda``, and their autograd in
+``csrc/pyae.cpp``, the kernels in ``csrc/cpu`` and ``csrc/cuda`` (the device-generic ones,
+``autoencoder_loss`` among them, in ``csrc/composite.cpp``), and their autograd in
 ``csrc/autograd.cpp``, where each backward is itself an operator
 (``sigmoid_encoder_backward``, ``sigmoid_reconstruction_loss_backward``,
-``kl_sparsity_backward``, ``weight_decay_backward``; ``mask_noise`` is its own backward)
-that ``torch.compile`` traces like an aten op. Autograd is in C++ rather than in
-``torch.library.register_autograd`` because a Python autograd function costs tens of
-microseconds per call and per backward node, which at MNIST sizes on a GPU is most of a
-training step.
+``kl_sparsity_backward``, ``weight_decay_backward``; ``mask_noise`` is its own backward;
+``autoencoder_loss``'s one node chains its parts') that ``torch.compile`` traces like an aten
+op. Autograd is in C++ rather than in ``torch.library.register_autograd`` because a Python
+autograd function costs tens of microseconds per call and per backward node, which at small
+sizes is much of a training step (benchmarks/RESULTS.md, the tiny size on the CPU).
 
 This module adds what the compiler needs from Python: ``register_fake`` for every operator,
 so that ``torch.compile``, ``torch.export`` and meta tensors see the output shapes without
