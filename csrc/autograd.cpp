@@ -369,8 +369,8 @@ class WeightDecayFunction : public torch::autograd::Function<WeightDecayFunction
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return variable_list(ctx->get_saved_variables().size());
     const auto weights = ctx->get_saved_variables();
+    if (!grads[0].defined()) return variable_list(weights.size());
     auto weight_grads = detail::weight_decay_backward(grads[0], weights);
     for (size_t i = 0; i < weight_grads.size(); ++i) {
       if (!ctx->needs_input_grad(i)) weight_grads[i] = at::Tensor();

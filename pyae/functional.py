@@ -296,11 +296,8 @@ def autoencoder_loss(x: Tensor, encoder_weight: Tensor, encoder_bias: Optional[T
             f"decoder_weight ({decoder_weight.dtype}, {decoder_weight.device}) must have encoder_weight's dtype and "
             f"device ({encoder_weight.dtype}, {encoder_weight.device})"
         )
-    encoder_input, seed, noise_level = x, None, options["noise_level"]
-    if noise == "mask" and noise_level > 0.0:
-        seed = _draw_seed(generator, x.device)
-    elif noise == "gaussian":
-        encoder_input = gaussian_noise(x, noise_level, generator=generator)
+    noise_level = options["noise_level"]
+    encoder_input, seed = _fused_corruption(x, noise, noise_level, generator)
     weight_decay = options["weight_decay"]
     if weight_decay > 0.0 and weight_decay_term is None:
         tied = _is_transpose_of(decoder_weight, encoder_weight)
@@ -310,6 +307,18 @@ def autoencoder_loss(x: Tensor, encoder_weight: Tensor, encoder_bias: Optional[T
         squared_row_norms=squared_row_norms, noise_level=noise_level, seed=seed, loss=loss,
         contractive_weight=options["contractive_weight"], sparsity_target=options["sparsity_target"],
         sparsity_weight=options["sparsity_weight"], weight_decay_term=weight_decay_term, weight_decay=weight_decay)
+
+
+def _fused_corruption(x: Tensor, noise: Optional[str], noise_level: float,
+                      generator: Optional[torch.Generator]):
+    """What :func:`pyae.ops.autoencoder_loss` is given for a corruption: ``(encoder input,
+    seed)``. Masking is left to the operator (the seed drawn here, the mask recomputed in its
+    backward); Gaussian noise is added here. No corruption: ``(x, None)``."""
+    if noise is None or noise_level == 0.0:
+        return x, None
+    if noise == "mask":
+        return x, _draw_seed(generator, x.device)
+    return gaussian_noise(x, noise_level, generator=generator), None
 
 
 def _is_transpose_of(a: Tensor, b: Tensor) -> bool:

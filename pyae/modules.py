@@ -263,12 +263,8 @@ class Autoencoder(nn.Module):
             return self._forward_by_parts(x, tracked, generator)
         # The whole objective as one operator and one autograd node (pyae.ops.autoencoder_loss):
         # the same numbers as the parts (_forward_by_parts), for the host work of one operator.
-        encoder_input, seed = x, None
-        if self.training and self.noise is not None and self.noise_level > 0.0:
-            if self.noise == "mask":
-                seed = PF._draw_seed(generator, x.device)
-            else:
-                encoder_input = PF.gaussian_noise(x, self.noise_level, generator=generator)
+        encoder_input, seed = PF._fused_corruption(x, self.noise if self.training else None, self.noise_level,
+                                                   generator)
         weight_decay_term = self._weight_decay_term(tracked) if self.weight_decay > 0.0 else None
         out = _ops.autoencoder_loss(
             encoder_input, x, encoder_weight, encoder.bias, decoder_weight, decoder_bias,
