@@ -19,6 +19,9 @@ model (pyae.optim, as `pyae train` uses it) for the pyae peers). Peers:
     pyae_all     the same with every regularizer on: masking noise (q = 0.25) and
                  weight decay (1e-4) besides the two penalties (not the same loss as the others:
                  compare it with plain)
+    pyae_fused / pyae_all_fused   (--whole-step) pyae and pyae_all through pyae's SGD's
+                 autoencoder_step, what `pyae train` and pyae.TrainStep run: the backward writes
+                 the weight matrices' gradient products straight into the momentum buffers
     pyae_compiled / pyae_compiled_ro   pyae's step under torch.compile
     pyae_graph   pyae.TrainStep: pyae's whole step incl. the SGD update in one CUDA graph (CUDA)
 
@@ -214,9 +217,12 @@ def time_once(step, device):
     return (time.perf_counter() - start) * 1e3
 
 
-def time_interleaved(steps, device, warmup, repeat):
-    """{peer: (median ms, IQR ms)}. The peers take turns, one step each per round, so that
-    a machine whose speed drifts (a shared, noisy one) slows them all alike."""
+def time_interleaved(steps, device, warmup, repeat, block=1):
+    """{peer: (median ms, IQR ms)}. The peers take turns, so that a machine whose speed drifts
+    (a shared, noisy one) slows them all alike: each turn is one step, or with block > 1 that
+    many consecutive steps of which the first is not timed, so that each timed step runs after
+    a step of its own, as in training one model (where the step's data stays in the caches it
+    fits in), not after another peer's."""
     for step in steps.values():
         for _ in range(warmup):
             step()
@@ -225,7 +231,10 @@ def time_interleaved(steps, device, warmup, repeat):
     times = {peer: [] for peer in steps}
     for _ in range(repeat):
         for peer, step in steps.items():
-            times[peer].append(time_once(step, device))
+            if block > 1:
+                step()
+            for _ in range(max(block - 1, 1)):
+                times[peer].append(time_once(step, device))
     result = {}
     for peer, values in times.items():
         quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
@@ -259,9 +268,10 @@ def cuda_peak_bytes(step):
     return torch.cuda.max_memory_allocated() - before
 
 
-PEERS = ["gemm", "plain", "eager", "compiled", "compiled_ro", "graph", "jacrev", "pyae", "pyae_all", "pyae_compiled",
-         "pyae_compiled_ro", "pyae_graph"]
+PEERS = ["gemm", "plain", "eager", "compiled", "compiled_ro", "graph", "jacrev", "pyae", "pyae_all", "pyae_fused",
+         "pyae_all_fused", "pyae_compiled", "pyae_compiled_ro", "pyae_graph"]
 CUDA_ONLY = {"compiled_ro", "graph", "pyae_compiled_ro", "pyae_graph"}
+WHOLE_STEP_ONLY = {"pyae_fused", "pyae_all_fused"}
 
 
 def build(peer, model, x, whole_step=False):
@@ -293,6 +303,11 @@ def build(peer, model, x, whole_step=False):
         return graph_step(eager_loss, x, params)
     if peer in ("pyae", "pyae_all"):
         return pyae_step(model, x, optimizer)
+    if peer in ("pyae_fused", "pyae_all_fused"):
+        refusal = optimizer.fused_step_refusal(x)
+        if refusal is not None:
+            raise RuntimeError(f"the fused step would not run: {refusal}")
+        return lambda: optimizer.autoencoder_step(x)
     if peer in ("pyae_compiled", "pyae_compiled_ro"):
         return compiled_module_step(model, x, "reduce-overhead" if peer.endswith("_ro") else None, optimizer)
     if peer == "pyae_graph":
@@ -312,19 +327,20 @@ def run(args):
             x = torch.rand(B, n, device=device, dtype=dtype)
             models, steps, results = {}, {}, {}
             for peer in args.peers:
-                if peer in CUDA_ONLY and device.type != "cuda":
+                if (peer in CUDA_ONLY and device.type != "cuda") or (peer in WHOLE_STEP_ONLY and not args.whole_step):
                     continue
                 if peer == "jacrev" and B * k * n > args.jacrev_limit:
                     continue
-                models[peer] = make_model(n, k, device, dtype, **(ALL_REGULARIZERS if peer == "pyae_all" else {}))
+                models[peer] = make_model(n, k, device, dtype, **(ALL_REGULARIZERS if peer.startswith("pyae_all") else {}))
                 try:
                     steps[peer] = build(peer, models[peer], x, args.whole_step)
                     steps[peer]()  # compiles, captures, fails here rather than mid-measurement
                 except Exception as error:  # a peer that cannot run here is reported, not fatal
                     results[peer] = dict(error=f"{type(error).__name__}: {error}".splitlines()[0][:160])
-            for peer, (median, iqr) in time_interleaved(steps, device, args.warmup, args.repeat).items():
+            for peer, (median, iqr) in time_interleaved(steps, device, args.warmup, args.repeat, args.block).items():
                 saved = None
-                if peer not in ("gemm", "graph", "pyae_graph", "jacrev"):  # jacrev refuses saved-tensor hooks
+                # jacrev refuses saved-tensor hooks; the fused steps run no autograd to hook.
+                if peer not in ("gemm", "graph", "pyae_graph", "jacrev", *WHOLE_STEP_ONLY):
                     saved = saved_bytes(steps[peer], [x, *models[peer].parameters()])
                 peak = cuda_peak_bytes(steps[peer]) if device.type == "cuda" else None
                 results[peer] = dict(ms=median, iqr_ms=iqr, saved_bytes=saved, peak_bytes=peak)
@@ -372,12 +388,16 @@ def main(argv=None):
     parser.add_argument("--peers", nargs="+", default=PEERS, choices=PEERS)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=None)
+    parser.add_argument("--block", type=int, default=1,
+                        help="consecutive steps per peer and turn, the first untimed (1: one timed step per turn)")
     parser.add_argument("--jacrev-limit", type=int, default=256 * 784 * 1000, help="skip jacrev above B*n*k")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     parser.add_argument("--json", default=None, help="write the raw results here")
     parser.add_argument("--whole-step", action="store_true",
                         help="include the optimizer's update (SGD with momentum, fused or foreach) in every step")
     args = parser.parse_args(argv)
+    if args.block < 1:
+        parser.error(f"--block must be at least 1, got {args.block}")
     on_cuda = args.device.startswith("cuda")
     if args.sizes is None:
         args.sizes = ["256x784x1000", "4096x784x1000", "16384x4096x4096"] if on_cuda else ["256x784x1000",
@@ -394,6 +414,7 @@ def main(argv=None):
     print(markdown(rows, f"{device_name}; each step: {step}"))
     if args.json:
         meta = dict(device=device_name, torch=torch.__version__, pyae=pyae.__version__, whole_step=args.whole_step,
+                    block=args.block,
                     date=datetime.now(timezone.utc).isoformat(timespec="seconds"), warmup=args.warmup,
                     repeat=args.repeat, python=platform.python_version())
         with open(args.json, "w") as f:

@@ -43,6 +43,10 @@ def run_case(dtype, shape, offset, device):
             results += ops.sigmoid_encoder_backward(*upstream, x, weight, hidden, (True, True, b is not None), saved)
         results += ops.sigmoid_encoder_backward(None, upstream[1], None, x, weight, hidden, (False, True, False))
         results += [hidden, mean_activation, contractive, norms]
+    # The fused pass alone (the fused training step's), with the forward's c and without.
+    given_norms = ops.squared_row_norms(weight)
+    results += ops.sigmoid_encoder_preactivation_backward(*upstream, hidden, given_norms)
+    results += ops.sigmoid_encoder_preactivation_backward(upstream[0], upstream[1], None, hidden, None)[:2]
     results += ops.masked_sigmoid_encoder(x, weight, bias, 0.3, seed)
     results.append(ops.mask_noise(x, 0.3, seed))
     logits, target = tensor(B, n, scale=3.0), x
@@ -65,6 +69,10 @@ def run_case(dtype, shape, offset, device):
     norms_out = [torch.empty(k, dtype=accumulation, device=device), torch.empty(0, dtype=accumulation, device=device)]
     ops.sgd_update_(params, grads, [torch.zeros_like(p) for p in params], row_grads, [1e-4, 0.0], norms_out,
                     lr=0.01, momentum=0.9, dampening=0.0, nesterov=True, first_step=True)
+    results += params + norms_out[:1]
+    # The same with the gradient already in the momentum buffers (the fused training step's).
+    ops.sgd_update_(params, [], [g.clone() for g in grads], row_grads, [1e-4, 0.0], norms_out, lr=0.01,
+                    momentum=0.9, dampening=0.1, nesterov=False, first_step=False)
     results += params + norms_out[:1]
     ops.adam_update_(params, grads, [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params],
                      [torch.ones((), device=device) for _ in params], row_grads, [1e-4, 0.0], norms_out,

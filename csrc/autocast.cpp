@@ -114,8 +114,9 @@ void register_autocast(torch::Library& m) {
   m.impl("kl_sparsity", &kl_sparsity_autocast<kDevice>);
   m.impl("weight_decay", &weight_decay_autocast<kDevice>);
   m.impl("autoencoder_loss", &autoencoder_loss_autocast<kDevice>);
-  for (const char* name : {"mask_noise", "sigmoid_encoder_backward", "sigmoid_reconstruction_loss_backward",
-                           "kl_sparsity_backward", "weight_decay_backward", "squared_row_norms"}) {
+  for (const char* name : {"mask_noise", "sigmoid_encoder_backward", "sigmoid_encoder_preactivation_backward",
+                           "sigmoid_reconstruction_loss_backward", "kl_sparsity_backward", "weight_decay_backward",
+                           "squared_row_norms"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&call_without_autocast>());
   }
 }

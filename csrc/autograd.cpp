@@ -162,6 +162,20 @@ EncoderGradients sigmoid_encoder_backward_autograd(
                                           squared_row_norms, squared_row_norms_is_input, output_mask);
 }
 
+// The fused pass alone has no differentiable formula here: a fused training step calls it
+// without grad mode. A call that would be differentiated again is refused.
+EncoderPreactivationGradients sigmoid_encoder_preactivation_backward_autograd(
+    const c10::optional<at::Tensor>& grad_hidden, const c10::optional<at::Tensor>& grad_mean_activation,
+    const c10::optional<at::Tensor>& grad_contractive, const at::Tensor& hidden,
+    const c10::optional<at::Tensor>& squared_row_norms) {
+  TORCH_CHECK(!records_graph({grad_hidden, grad_mean_activation, grad_contractive, hidden, squared_row_norms}),
+              "pyae: sigmoid_encoder_preactivation_backward is not differentiable; use sigmoid_encoder_backward "
+              "(or the forward operators' autograd) for higher derivatives");
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return detail::sigmoid_encoder_preactivation_backward(grad_hidden, grad_mean_activation, grad_contractive, hidden,
+                                                        squared_row_norms);
+}
+
 at::Tensor sigmoid_reconstruction_loss_backward_autograd(
     const c10::optional<at::Tensor>& grad_reconstruction, const c10::optional<at::Tensor>& grad_loss,
     const at::Tensor& reconstruction, const at::Tensor& target, bool cross_entropy) {
@@ -567,6 +581,7 @@ TORCH_LIBRARY_IMPL(pyae, Autograd, m) {
   m.impl("weight_decay", &weight_decay_autograd);
   m.impl("autoencoder_loss", &autoencoder_loss_autograd);
   m.impl("sigmoid_encoder_backward", &sigmoid_encoder_backward_autograd);
+  m.impl("sigmoid_encoder_preactivation_backward", &sigmoid_encoder_preactivation_backward_autograd);
   m.impl("sigmoid_reconstruction_loss_backward", &sigmoid_reconstruction_loss_backward_autograd);
   m.impl("kl_sparsity_backward", &kl_sparsity_backward_autograd);
   m.impl("weight_decay_backward", &weight_decay_backward_autograd);

@@ -54,17 +54,52 @@ inline void check_encoder_inputs(const at::Tensor& x, const at::Tensor& weight, 
 
 // c_l = ||weight_l||^2 given with a (k, n) weight: (k,) in the accumulation dtype of the
 // weight's, on its device.
-inline void check_squared_row_norms(const at::Tensor& squared_row_norms, const at::Tensor& weight) {
-  const at::ScalarType accumulation = at::toOpMathType(weight.scalar_type());
+// c = ||W_l||^2: (rows,) in the accumulation dtype of reference (the weight, or the hidden
+// activations whose columns are the weight's rows), on its device.
+inline void check_squared_row_norms(const at::Tensor& squared_row_norms, const at::Tensor& reference,
+                                    const char* reference_name, int64_t rows) {
+  const at::ScalarType accumulation = at::toOpMathType(reference.scalar_type());
   TORCH_CHECK_TYPE(
       squared_row_norms.scalar_type() == accumulation, "pyae: squared_row_norms must have dtype ", accumulation,
-      " (the accumulation dtype of the weight's ", weight.scalar_type(), "), got ", squared_row_norms.scalar_type());
+      " (the accumulation dtype of the ", reference_name, "'s ", reference.scalar_type(), "), got ",
+      squared_row_norms.scalar_type());
   TORCH_CHECK_VALUE(
-      squared_row_norms.device() == weight.device(), "pyae: squared_row_norms is on ", squared_row_norms.device(),
-      " but weight is on ", weight.device(), "; they must be on the same device");
+      squared_row_norms.device() == reference.device(), "pyae: squared_row_norms is on ", squared_row_norms.device(),
+      " but ", reference_name, " is on ", reference.device(), "; they must be on the same device");
   TORCH_CHECK_VALUE(
-      squared_row_norms.dim() == 1 && squared_row_norms.size(0) == weight.size(0),
-      "pyae: squared_row_norms must have shape (", weight.size(0), ",), got ", squared_row_norms.sizes());
+      squared_row_norms.dim() == 1 && squared_row_norms.size(0) == rows,
+      "pyae: squared_row_norms must have shape (", rows, ",), got ", squared_row_norms.sizes());
+}
+
+inline void check_squared_row_norms(const at::Tensor& squared_row_norms, const at::Tensor& weight) {
+  check_squared_row_norms(squared_row_norms, weight, "weight", weight.size(0));
+}
+
+// The upstream gradients of the encoder's outputs (hidden, mean_activation, contractive),
+// against hidden (B, k).
+inline void check_encoder_output_grads(
+    const c10::optional<at::Tensor>& grad_hidden,
+    const c10::optional<at::Tensor>& grad_mean_activation,
+    const c10::optional<at::Tensor>& grad_contractive,
+    const at::Tensor& hidden) {
+  if (grad_hidden.has_value()) {
+    check_same_dtype_device(*grad_hidden, "grad_hidden", hidden, "hidden");
+    TORCH_CHECK_VALUE(
+        grad_hidden->sizes() == hidden.sizes(), "pyae: grad_hidden must have hidden's shape ", hidden.sizes(),
+        ", got ", grad_hidden->sizes());
+  }
+  if (grad_mean_activation.has_value()) {
+    check_same_dtype_device(*grad_mean_activation, "grad_mean_activation", hidden, "hidden");
+    TORCH_CHECK_VALUE(
+        grad_mean_activation->dim() == 1 && grad_mean_activation->size(0) == hidden.size(1),
+        "pyae: grad_mean_activation must have shape (", hidden.size(1), ",), got ", grad_mean_activation->sizes());
+  }
+  if (grad_contractive.has_value()) {
+    check_same_dtype_device(*grad_contractive, "grad_contractive", hidden, "hidden");
+    TORCH_CHECK_VALUE(
+        grad_contractive->numel() == 1, "pyae: grad_contractive must be a scalar, got shape ",
+        grad_contractive->sizes());
+  }
 }
 
 inline void check_encoder_backward_inputs(
@@ -80,25 +115,25 @@ inline void check_encoder_backward_inputs(
   TORCH_CHECK_VALUE(
       hidden.dim() == 2 && hidden.size(0) == x.size(0) && hidden.size(1) == weight.size(0),
       "pyae: hidden must have shape (", x.size(0), ", ", weight.size(0), "), got ", hidden.sizes());
-  if (grad_hidden.has_value()) {
-    check_same_dtype_device(*grad_hidden, "grad_hidden", x, "x");
-    TORCH_CHECK_VALUE(
-        grad_hidden->sizes() == hidden.sizes(), "pyae: grad_hidden must have hidden's shape ", hidden.sizes(),
-        ", got ", grad_hidden->sizes());
-  }
-  if (grad_mean_activation.has_value()) {
-    check_same_dtype_device(*grad_mean_activation, "grad_mean_activation", x, "x");
-    TORCH_CHECK_VALUE(
-        grad_mean_activation->dim() == 1 && grad_mean_activation->size(0) == weight.size(0),
-        "pyae: grad_mean_activation must have shape (", weight.size(0), ",), got ", grad_mean_activation->sizes());
-  }
-  if (grad_contractive.has_value()) {
-    check_same_dtype_device(*grad_contractive, "grad_contractive", x, "x");
-    TORCH_CHECK_VALUE(
-        grad_contractive->numel() == 1, "pyae: grad_contractive must be a scalar, got shape ",
-        grad_contractive->sizes());
-  }
+  check_encoder_output_grads(grad_hidden, grad_mean_activation, grad_contractive, hidden);
   if (squared_row_norms.has_value()) check_squared_row_norms(*squared_row_norms, weight);
+}
+
+// sigmoid_encoder_preactivation_backward's: hidden (B, k) and c, which the contractive
+// term's gradient needs (there is no weight to compute it from).
+inline void check_encoder_preactivation_backward_inputs(
+    const c10::optional<at::Tensor>& grad_hidden,
+    const c10::optional<at::Tensor>& grad_mean_activation,
+    const c10::optional<at::Tensor>& grad_contractive,
+    const at::Tensor& hidden,
+    const c10::optional<at::Tensor>& squared_row_norms) {
+  check_floating(hidden, "hidden");
+  TORCH_CHECK_VALUE(hidden.dim() == 2, "pyae: hidden must be 2-D (batch, hidden units), got shape ", hidden.sizes());
+  check_encoder_output_grads(grad_hidden, grad_mean_activation, grad_contractive, hidden);
+  TORCH_CHECK_VALUE(!grad_contractive.has_value() || squared_row_norms.has_value(),
+                    "pyae: sigmoid_encoder_preactivation_backward needs squared_row_norms (the c the forward used) "
+                    "when grad_contractive is given");
+  if (squared_row_norms.has_value()) check_squared_row_norms(*squared_row_norms, hidden, "hidden", hidden.size(1));
 }
 
 inline void check_reconstruction_loss_inputs(const at::Tensor& logits, const at::Tensor& target) {
@@ -246,12 +281,12 @@ inline void check_squared_row_norms_input(const at::Tensor& weight) {
 inline void check_update_inputs(
     at::TensorList params, at::TensorList grads, std::initializer_list<std::pair<at::TensorList, const char*>> state,
     const c10::List<c10::optional<at::Tensor>>& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
-    at::TensorList squared_row_norms) {
+    at::TensorList squared_row_norms, bool grads_optional = false) {
   const size_t count = params.size();
   const auto check_count = [count](size_t size, const char* name) {
     TORCH_CHECK_VALUE(size == count, "pyae: ", name, " must hold one entry per parameter (", count, "), got ", size);
   };
-  check_count(grads.size(), "grads");
+  if (!grads.empty() || !grads_optional) check_count(grads.size(), "grads");
   check_count(weight_decays.size(), "weight_decays");
   if (!squared_row_norm_grads.empty()) check_count(squared_row_norm_grads.size(), "squared_row_norm_grads");
   if (!squared_row_norms.empty()) check_count(squared_row_norms.size(), "squared_row_norms");
@@ -272,7 +307,7 @@ inline void check_update_inputs(
       TORCH_CHECK_VALUE(t.is_contiguous() && t.layout() == at::kStrided, "pyae: ", name,
                         " must be a contiguous dense tensor");
     };
-    check_like(grads[i], "grads" + index);
+    if (!grads.empty()) check_like(grads[i], "grads" + index);
     for (const auto& [list, name] : state) {
       if (!list.empty()) check_like(list[i], std::string(name) + index);
     }
@@ -299,11 +334,16 @@ inline void check_update_inputs(
 inline void check_sgd_update_inputs(
     at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
     const c10::List<c10::optional<at::Tensor>>& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
-    at::TensorList squared_row_norms, double momentum) {
+    at::TensorList squared_row_norms, double momentum, bool nesterov) {
   TORCH_CHECK_VALUE(momentum == 0.0 || momentum_buffers.size() == params.size(),
                     "pyae: sgd_update_ with momentum needs one momentum buffer per parameter");
+  // No grads: the momentum buffers already hold the gradient's share (a fused step's
+  // products accumulated into them), which only the plain momentum form can take.
+  TORCH_CHECK_VALUE(!grads.empty() || params.empty() || (momentum != 0.0 && !nesterov),
+                    "pyae: sgd_update_ without grads (the gradient already in the momentum buffers) needs momentum > 0 "
+                    "and nesterov=False");
   check_update_inputs(params, grads, {{momentum_buffers, "momentum_buffers"}}, squared_row_norm_grads, weight_decays,
-                      squared_row_norms);
+                      squared_row_norms, /*grads_optional=*/true);
 }
 
 // Adam's lists, and each step count t: a float32 scalar tensor on the parameter's device.

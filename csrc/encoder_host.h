@@ -34,10 +34,26 @@
 
 #include <array>
 #include <tuple>
+#include <utility>
 
 #include "checks.h"
 
 namespace pyae {
+
+inline c10::optional<at::Tensor> contiguous_or_none(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
+}
+
+// (rows, row): grad_hidden as the Backend takes it. A grad_hidden broadcast along the batch
+// (stride 0: a loss of hidden.sum() or of hidden.mean(0)) is one row of upstream gradients,
+// read as such instead of materialized.
+inline std::pair<c10::optional<at::Tensor>, c10::optional<at::Tensor>> split_broadcast_rows(
+    const c10::optional<at::Tensor>& grad_hidden) {
+  if (grad_hidden.has_value() && grad_hidden->size(0) > 1 && grad_hidden->stride(0) == 0) {
+    return {c10::nullopt, grad_hidden->select(0, 0).contiguous()};
+  }
+  return {contiguous_or_none(grad_hidden), c10::nullopt};
+}
 
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sigmoid_encoder_forward(
@@ -79,17 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sigmoid_encoder_backw
     return {not_wanted(), not_wanted(), not_wanted(), not_wanted()};
   }
   const at::Tensor weight_c = weight.contiguous();
-  const auto contiguous_or_none = [](const c10::optional<at::Tensor>& t) -> c10::optional<at::Tensor> {
-    return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
-  };
-  // A grad_hidden broadcast along the batch (stride 0: a loss of hidden.sum() or of
-  // hidden.mean(0)) is one row of upstream gradients, read as such instead of materialized.
-  c10::optional<at::Tensor> grad_hidden_rows, grad_hidden_row;
-  if (grad_hidden.has_value() && grad_hidden->size(0) > 1 && grad_hidden->stride(0) == 0) {
-    grad_hidden_row = grad_hidden->select(0, 0).contiguous();
-  } else {
-    grad_hidden_rows = contiguous_or_none(grad_hidden);
-  }
+  const auto [grad_hidden_rows, grad_hidden_row] = split_broadcast_rows(grad_hidden);
   auto [delta, grad_bias, row_scale] = Backend::backward_pass(
       hidden.contiguous(), weight_c, contiguous_or_none(squared_row_norms), grad_hidden_rows, grad_hidden_row,
       contiguous_or_none(grad_mean_activation), contiguous_or_none(grad_contractive), want_grad_bias,
@@ -114,6 +120,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sigmoid_encoder_backw
                                      : at::zeros_like(*squared_row_norms);
   }
   return {grad_x, grad_weight, want_grad_bias ? grad_bias : not_wanted(), grad_norms};
+}
+
+// The fused pass of sigmoid_encoder_backward alone (sigmoid_encoder_preactivation_backward):
+// delta, its column sums, and d loss / d c for a given c.
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sigmoid_encoder_preactivation_backward(
+    const c10::optional<at::Tensor>& grad_hidden,
+    const c10::optional<at::Tensor>& grad_mean_activation,
+    const c10::optional<at::Tensor>& grad_contractive,
+    const at::Tensor& hidden,
+    const c10::optional<at::Tensor>& squared_row_norms) {
+  check_encoder_preactivation_backward_inputs(grad_hidden, grad_mean_activation, grad_contractive, hidden,
+                                              squared_row_norms);
+  // The Backend reads the weight only to compute c, which is given here whenever it is
+  // needed: a (k, 0) stand-in carries the row count.
+  const at::Tensor no_weight = at::empty({hidden.size(1), 0}, hidden.options());
+  const auto [grad_hidden_rows, grad_hidden_row] = split_broadcast_rows(grad_hidden);
+  auto [delta, grad_bias, row_scale] = Backend::backward_pass(
+      hidden.contiguous(), no_weight, contiguous_or_none(squared_row_norms), grad_hidden_rows, grad_hidden_row,
+      contiguous_or_none(grad_mean_activation), contiguous_or_none(grad_contractive), /*want_column_sums=*/true,
+      /*want_row_scale=*/squared_row_norms.has_value());
+  // d contractive / d c_l = row_scale_l / 2, in c's dtype (as sigmoid_encoder_backward's).
+  at::Tensor grad_norms = at::empty({0}, hidden.options());
+  if (squared_row_norms.has_value()) {
+    grad_norms = row_scale.defined() ? row_scale.to(squared_row_norms->scalar_type()).mul_(0.5)
+                                     : at::zeros_like(*squared_row_norms);
+  }
+  return {delta, grad_bias, grad_norms};
 }
 
 }  // namespace pyae

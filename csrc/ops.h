@@ -18,6 +18,8 @@ namespace pyae {
 using EncoderOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 // (grad_x, grad_weight, grad_bias, grad_squared_row_norms).
 using EncoderGradients = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// (grad_preactivation, grad_bias, grad_squared_row_norms).
+using EncoderPreactivationGradients = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 // (loss, reconstruction, hidden, mean_activation, reconstruction_term, sparsity_term,
 // contractive_term, squared_row_norms): see autoencoder_loss in pyae.cpp.
 using AutoencoderLossOutputs =
@@ -90,6 +92,11 @@ EncoderGradients sigmoid_encoder_backward(
     const c10::optional<at::Tensor>& grad_contractive, const at::Tensor& x, const at::Tensor& weight,
     const at::Tensor& hidden, const c10::optional<at::Tensor>& squared_row_norms, bool squared_row_norms_is_input,
     std::array<bool, 4> output_mask);
+
+EncoderPreactivationGradients sigmoid_encoder_preactivation_backward(
+    const c10::optional<at::Tensor>& grad_hidden, const c10::optional<at::Tensor>& grad_mean_activation,
+    const c10::optional<at::Tensor>& grad_contractive, const at::Tensor& hidden,
+    const c10::optional<at::Tensor>& squared_row_norms);
 
 at::Tensor sigmoid_reconstruction_loss_backward(
     const c10::optional<at::Tensor>& grad_reconstruction, const c10::optional<at::Tensor>& grad_loss,

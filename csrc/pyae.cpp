@@ -61,6 +61,17 @@ TORCH_LIBRARY(pyae, m) {
       "bool squared_row_norms_is_input, bool[4] output_mask) -> "
       "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_squared_row_norms)");
 
+  // The fused pass of that backward alone, without its products: the gradient at the
+  // pre-activations a, delta (B, k), its column sums (the bias' gradient) and the gradient
+  // of the given c, d loss / d c_l (an empty (0,) tensor when c is not given). For a caller
+  // that makes the products itself: a fused training step accumulates delta.T @ x straight
+  // into the optimizer's momentum buffer (pyae/optim.py). c must be given with
+  // grad_contractive (there is no weight to compute it from). Not differentiable.
+  m.def(
+      "sigmoid_encoder_preactivation_backward(Tensor? grad_hidden, Tensor? grad_mean_activation, "
+      "Tensor? grad_contractive, Tensor hidden, Tensor? squared_row_norms) -> "
+      "(Tensor grad_preactivation, Tensor grad_bias, Tensor grad_squared_row_norms)");
+
   // The sigmoid decoder's activation fused with its reconstruction loss, from the logits
   // z = h @ W'.T + c: reconstruction = sigmoid(z), and the loss summed over the features and
   // averaged over the batch, cross-entropy (computed stably from z) or squared error. One
@@ -151,7 +162,10 @@ TORCH_LIBRARY(pyae, m) {
   // in the accumulation dtype, for parameters of 2 or more dimensions (rows along dim 0).
   //
   // SGD: with momentum, buf = g on the first step, else momentum * buf + (1 - dampening) * g;
-  // the step is buf, or g + momentum * buf with nesterov; p -= lr * step.
+  // the step is buf, or g + momentum * buf with nesterov; p -= lr * step. grads may be
+  // empty with momentum (no nesterov): the buffers then already hold the gradient's share
+  // (momentum * buf + (1 - dampening) * grad, or grad on the first step: a fused training
+  // step accumulated its products there), and the update adds the decay terms' share.
   m.def(
       "sgd_update_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
       "Tensor?[] squared_row_norm_grads, float[] weight_decays, Tensor(c!)[] squared_row_norms, float lr, "
@@ -253,6 +267,14 @@ EncoderGradients sigmoid_encoder_backward(
   PYAE_OPERATOR(sigmoid_encoder_backward);
   return op.call(grad_hidden, grad_mean_activation, grad_contractive, x, weight, hidden, squared_row_norms,
                  squared_row_norms_is_input, output_mask);
+}
+
+EncoderPreactivationGradients sigmoid_encoder_preactivation_backward(
+    const c10::optional<at::Tensor>& grad_hidden, const c10::optional<at::Tensor>& grad_mean_activation,
+    const c10::optional<at::Tensor>& grad_contractive, const at::Tensor& hidden,
+    const c10::optional<at::Tensor>& squared_row_norms) {
+  PYAE_OPERATOR(sigmoid_encoder_preactivation_backward);
+  return op.call(grad_hidden, grad_mean_activation, grad_contractive, hidden, squared_row_norms);
 }
 
 at::Tensor sigmoid_reconstruction_loss_backward(

@@ -22,12 +22,18 @@ namespace pyae {
 //        buf = g, torch's clone of the first gradient)
 //   step = nesterov ? g + momentum * buf : buf;   p -= lr * step.
 // Without momentum there is no buffer and step = g.
+//
+// With the gradient already in the buffer (gradient_in_buffer: a fused training step
+// accumulated its products there, buf = momentum * buf + (1 - dampening) * grad, or grad on
+// the first step), the update gets grad = 0 and buffer_keep = 1, so that it adds the decay
+// terms' share alone: buf += gradient_share * decay * p, then p -= lr * buf (no nesterov).
 template <typename acc_t>
 struct SgdCoefficients {
   acc_t lr, buffer_keep, gradient_share, nesterov_gradient, nesterov_buffer;
 
-  static SgdCoefficients make(double lr, double momentum, double dampening, bool nesterov, bool first_step) {
-    return {static_cast<acc_t>(lr), static_cast<acc_t>(first_step ? 0.0 : momentum),
+  static SgdCoefficients make(double lr, double momentum, double dampening, bool nesterov, bool first_step,
+                              bool gradient_in_buffer = false) {
+    return {static_cast<acc_t>(lr), static_cast<acc_t>(gradient_in_buffer ? 1.0 : first_step ? 0.0 : momentum),
             static_cast<acc_t>(first_step ? 1.0 : 1.0 - dampening), static_cast<acc_t>(nesterov ? 1.0 : 0.0),
             static_cast<acc_t>(nesterov ? momentum : 1.0)};
   }

@@ -60,8 +60,9 @@ MODEL_FIELDS = (
 )
 
 #: The fields a resumed run may change: how long it runs (and when it stops early), where,
-#: and whether its steps are replayed as CUDA graphs (the same numbers); never what it computes.
-RESUMABLE_FIELDS = ("epochs", "early_stopping", "device", "cuda_graph")
+#: whether its steps are replayed as CUDA graphs (the same numbers) or fuse the backward into
+#: the momentum buffers (the same numbers up to rounding); never what it computes.
+RESUMABLE_FIELDS = ("epochs", "early_stopping", "device", "cuda_graph", "fused_backward")
 
 
 @dataclass
@@ -100,6 +101,11 @@ class TrainConfig:
             only, one process; Adam is then built with ``capturable=True``. Goes with
             ``mixed_precision="bfloat16"`` but not ``"float16"`` (the scaler decides on the
             host whether a step is skipped, which a graph cannot).
+        fused_backward: with SGD with momentum (no nesterov), each eager step is
+            :meth:`pyae.optim.SGD.autoencoder_step`: the backward writes the weight matrices'
+            gradient products straight into the momentum buffers instead of making weight-sized
+            gradients (the same update up to rounding). Off: zero_grad, backward, step. Not
+            with ``cuda_graph``, ``mixed_precision`` or ``torchrun``, which take the latter.
 
     Raises:
         TypeError, ValueError: naming the offending field.
@@ -129,6 +135,7 @@ class TrainConfig:
     val_fraction: float = 0.0
     early_stopping: Optional[int] = None
     cuda_graph: bool = False
+    fused_backward: bool = True
 
     def __post_init__(self) -> None:
         self.n_hidden = check_int(self.n_hidden, "n_hidden", 1)
@@ -154,6 +161,7 @@ class TrainConfig:
             self.early_stopping = check_int(self.early_stopping, "early_stopping", 1)
         self.device = check_device(self.device)
         check_bool(self.cuda_graph, "cuda_graph")
+        check_bool(self.fused_backward, "fused_backward")
         if self.cuda_graph and self.device == "cpu":
             raise ValueError("cuda_graph=True needs a CUDA device (device='cuda' or 'auto' on a machine with a GPU)")
         if self.cuda_graph and self.mixed_precision == "float16":

@@ -246,6 +246,20 @@ class Autoencoder(nn.Module):
             generator: an optional ``torch.Generator`` for the corruption noise.
         """
         self._check_input(x)
+        if not self._takes_whole_objective(x):
+            tracked = self._tracked_norms.current(self.weight_matrices()) if self._tracked_norms is not None else None
+            return self._forward_by_parts(x, tracked, generator)
+        return self._whole_objective(x, generator).output
+
+    def _takes_whole_objective(self, x: Tensor) -> bool:
+        """Whether the forward is the one operator (pyae.ops.autoencoder_loss); otherwise
+        :meth:`_forward_by_parts`."""
+        return self.decoder_activation == "sigmoid" and self.statistics_group is None and not x.requires_grad
+
+    def _whole_objective(self, x: Tensor, generator: Optional[torch.Generator]) -> "WholeObjective":
+        """The whole objective as one operator and one autograd node (pyae.ops.autoencoder_loss):
+        the same numbers as the parts (:meth:`_forward_by_parts`), for the host work of one
+        operator; with what pyae.optim's fused training step needs for its own backward."""
         # (At small batches a step is bound by host work: the module's attributes are read once.)
         encoder = self.encoder
         encoder_weight = encoder.weight
@@ -259,26 +273,23 @@ class Autoencoder(nn.Module):
         # With a pyae.optim optimizer, the encoder reads its c from the optimizer's norms (no
         # pass over the weight) and leaves the chain rule through c to the update (pyae.optim).
         tracked = self._tracked_norms.current(matrices) if self._tracked_norms is not None else None
-        if self.decoder_activation != "sigmoid" or self.statistics_group is not None or x.requires_grad:
-            return self._forward_by_parts(x, tracked, generator)
-        # The whole objective as one operator and one autograd node (pyae.ops.autoencoder_loss):
-        # the same numbers as the parts (_forward_by_parts), for the host work of one operator.
         encoder_input, seed = PF._fused_corruption(x, self.noise if self.training else None, self.noise_level,
                                                    generator)
         weight_decay_term = self._weight_decay_term(tracked) if self.weight_decay > 0.0 else None
-        out = _ops.autoencoder_loss(
+        parts = _ops.autoencoder_loss(
             encoder_input, x, encoder_weight, encoder.bias, decoder_weight, decoder_bias,
             squared_row_norms=tracked[0] if tracked is not None else None, noise_level=self.noise_level, seed=seed,
             loss=self.loss, contractive_weight=self.contractive_weight, sparsity_target=self.sparsity_target,
             sparsity_weight=self.sparsity_weight, weight_decay_term=weight_decay_term, weight_decay=self.weight_decay)
-        terms = {"reconstruction": out.reconstruction_term}
+        terms = {"reconstruction": parts.reconstruction_term}
         if weight_decay_term is not None:
             terms["weight_decay"] = weight_decay_term
         if self.sparsity_target is not None:
-            terms["sparsity"] = out.sparsity_term
+            terms["sparsity"] = parts.sparsity_term
         if self.contractive_weight > 0.0:
-            terms["contractive"] = out.contractive_term
-        return AutoencoderOutput(out.loss, out.reconstruction, out.hidden, terms)
+            terms["contractive"] = parts.contractive_term
+        output = AutoencoderOutput(parts.loss, parts.reconstruction, parts.hidden, terms)
+        return WholeObjective(output, parts, encoder_input, seed, decoder_weight, tracked)
 
     def _weight_decay_term(self, tracked) -> Tensor:
         """``(1/2) sum ||W||^2`` over the weight matrices, without a gradient where the optimizer
@@ -324,6 +335,20 @@ class Autoencoder(nn.Module):
             terms["contractive"] = encoded.contractive
             loss = torch.add(loss, terms["contractive"], alpha=self.contractive_weight)
         return AutoencoderOutput(loss, reconstruction, encoded.hidden, terms)
+
+
+class WholeObjective(NamedTuple):
+    """What :meth:`Autoencoder._whole_objective` computed, for a backward written out by hand
+    (pyae.optim's fused training step): the model's output, the operator's outputs, the
+    encoder's input (x, or x with Gaussian noise) and the masking seed (or None), the decoder
+    weight it used (``encoder.weight.T`` when tied) and the optimizer's norms (or None)."""
+
+    output: AutoencoderOutput
+    parts: Any
+    encoder_input: Tensor
+    seed: Optional[Tensor]
+    decoder_weight: Tensor
+    norms: Optional[Any]
 
 
 def _half_total(norms, dtype: torch.dtype) -> Tensor:

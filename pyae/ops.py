@@ -205,6 +205,16 @@ def kl_sparsity(mean_activation: Tensor, target: float) -> Tensor:
     return torch.ops.pyae.kl_sparsity.default(mean_activation, target)
 
 
+def sigmoid_encoder_preactivation_backward(grad_hidden: Optional[Tensor], grad_mean_activation: Optional[Tensor],
+                                           grad_contractive: Optional[Tensor], hidden: Tensor,
+                                           squared_row_norms: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """The encoder backward's fused pass without its products: ``(delta, grad_bias,
+    grad_squared_row_norms)`` with ``delta`` the gradient at the pre-activations (``B, k``);
+    ``grad_weight = delta.T @ x`` (``csrc/pyae.cpp``). Not differentiable."""
+    return torch.ops.pyae.sigmoid_encoder_preactivation_backward.default(
+        grad_hidden, grad_mean_activation, grad_contractive, hidden, squared_row_norms)
+
+
 def kl_sparsity_backward(grad: Tensor, mean_activation: Tensor, target: float) -> Tensor:
     """The gradient of :func:`kl_sparsity` with respect to ``mean_activation``."""
     return torch.ops.pyae.kl_sparsity_backward.default(grad, mean_activation, target)
@@ -231,8 +241,9 @@ def sgd_update_(params: Sequence[Tensor], grads: Sequence[Tensor], momentum_buff
                 squared_row_norm_grads: Sequence[Optional[Tensor]], weight_decays: Sequence[float],
                 squared_row_norms: Sequence[Tensor], *, lr: float, momentum: float, dampening: float,
                 nesterov: bool, first_step: bool) -> None:
-    """The fused SGD update in place (``csrc/pyae.cpp`` documents every argument); use it
-    through :class:`pyae.optim.SGD`."""
+    """The fused SGD update in place (``csrc/pyae.cpp`` documents every argument; an empty
+    ``grads`` means the momentum buffers already hold the gradient's share); use it through
+    :class:`pyae.optim.SGD`."""
     torch.ops.pyae.sgd_update_.default(list(params), list(grads), list(momentum_buffers),
                                        list(squared_row_norm_grads), list(weight_decays), list(squared_row_norms),
                                        lr, momentum, dampening, nesterov, first_step)
@@ -377,6 +388,21 @@ def _sigmoid_encoder_backward_fake(grad_hidden, grad_mean_activation, grad_contr
     )
 
 
+@torch.library.register_fake("pyae::sigmoid_encoder_preactivation_backward")
+def _sigmoid_encoder_preactivation_backward_fake(grad_hidden, grad_mean_activation, grad_contractive, hidden,
+                                                 squared_row_norms):
+    _check_kernel_dtype(hidden, "hidden")
+    torch._check_value(hidden.dim() == 2, lambda: f"pyae: hidden must be 2-D, got shape {tuple(hidden.shape)}")
+    torch._check_value(grad_contractive is None or squared_row_norms is not None,
+                       lambda: "pyae: sigmoid_encoder_preactivation_backward needs squared_row_norms when "
+                               "grad_contractive is given")
+    if squared_row_norms is not None:
+        _check_squared_row_norms(squared_row_norms, hidden.t())
+    return (torch.empty_like(hidden, memory_format=torch.contiguous_format), hidden.new_empty(hidden.shape[1]),
+            torch.empty_like(squared_row_norms, memory_format=torch.contiguous_format)
+            if squared_row_norms is not None else hidden.new_empty(0))
+
+
 def _check_same_dtype(t: Tensor, name: str, x: Tensor) -> None:
     torch._check_type(t.dtype == x.dtype, lambda: f"pyae: {name} has dtype {t.dtype} but x has dtype {x.dtype}")
 
@@ -444,7 +470,9 @@ def _squared_row_norms_fake(weight: Tensor):
 @torch.library.register_fake("pyae::sgd_update_")
 def _sgd_update_fake(params, grads, momentum_buffers, squared_row_norm_grads, weight_decays, squared_row_norms,
                      lr, momentum, dampening, nesterov, first_step):
-    torch._check_value(len(grads) == len(params), lambda: "pyae: grads must hold one entry per parameter")
+    torch._check_value(len(grads) == len(params) or (not grads and momentum != 0.0 and not nesterov),
+                       lambda: "pyae: grads must hold one entry per parameter (or none, with momentum > 0 and "
+                               "nesterov=False: the gradient already in the momentum buffers)")
 
 
 @torch.library.register_fake("pyae::adam_update_")

@@ -38,6 +38,14 @@ Example::
         optimizer.zero_grad()
         model(x).loss.backward()
         optimizer.step()
+
+The whole step can go further (:meth:`SGD.autoencoder_step`): SGD with momentum needs the
+weight matrices' gradients only inside ``momentum * buf + (1 - dampening) * grad``, and each
+is a matrix product (``delta.T @ x`` for the encoder, ``grad_logits.T @ h`` for the decoder),
+so the step writes the products straight into the momentum buffers (``addmm`` with
+``beta = momentum``) and never makes the weight-sized gradients: two weight-sized tensors
+fewer to write, read and allocate in every step. ``optimizer.autoencoder_step(x)`` replaces
+the three lines of the loop above; the weight matrices are then left without a ``.grad``.
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ import torch
 from torch import Tensor
 
 from pyae import ops as _ops
-from pyae.modules import Autoencoder
+from pyae.modules import Autoencoder, AutoencoderOutput
 from pyae.validation import check_number
 
 __all__ = ["SGD", "Adam"]
@@ -112,6 +120,9 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._encoder_norms: Optional[Tensor] = None
         self._encoder_weight_id: Optional[int] = None
         self._tracked: Optional[TrackedNorms] = None
+        # During a fused step's update (autoencoder_step): the weight matrices whose gradient is
+        # already in their momentum buffer, by parameter id, with whether that buffer is new.
+        self._gradient_in_buffer: Dict[int, bool] = {}
         self.autoencoder = autoencoder
         if autoencoder is not None:
             self._attach(autoencoder)
@@ -162,8 +173,9 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self.autoencoder = None
 
     def _update_lists(self, group: Dict[str, Any]):
-        """The group's parameters that have a gradient, with their gradients, total weight
-        decays, squared-row-norm gradients and norms targets."""
+        """The group's parameters that have a gradient, with their gradients (None where it is
+        in the momentum buffer already: a fused step), total weight decays, squared-row-norm
+        gradients and norms targets."""
         params, grads, decays, row_grads, norms = [], [], [], [], []
         base_decay = group["weight_decay"]
         encoder_row_grad = None
@@ -173,12 +185,14 @@ class _FusedOptimizer(torch.optim.Optimizer):
         for p in group["params"]:
             grad = p.grad
             if grad is None:
-                continue
-            if grad.is_sparse:
+                if id(p) not in self._gradient_in_buffer:
+                    continue
+            elif grad.is_sparse:
                 raise RuntimeError("pyae.optim does not support sparse gradients")
             key = id(p)
             params.append(p)
-            grads.append(grad if grad.is_contiguous() else grad.contiguous())
+            # None: the gradient is already in the momentum buffer (a fused step).
+            grads.append(grad if grad is None or grad.is_contiguous() else grad.contiguous())
             decays.append(base_decay + self._extra_decay.get(key, 0.0))
             target = self._norms_of.get(key)
             if target is not None:
@@ -210,11 +224,123 @@ class _FusedOptimizer(torch.optim.Optimizer):
             self._tracked.record()
         return loss
 
-    def _update_group(self, group: Dict[str, Any], params: List[Tensor], grads: List[Tensor], decays: List[float],
-                      row_grads: List[Optional[Tensor]], norms: List[Tensor]) -> None:
+    def _update_group(self, group: Dict[str, Any], params: List[Tensor], grads: List[Optional[Tensor]],
+                      decays: List[float], row_grads: List[Optional[Tensor]], norms: List[Tensor]) -> None:
         """The fused update of one group's parameters that have a gradient (the lists of
         :meth:`_update_lists`)."""
         raise NotImplementedError
+
+    def autoencoder_step(self, x: Tensor, *, generator: Optional[torch.Generator] = None) -> AutoencoderOutput:
+        """One whole training step of the autoencoder this optimizer was given, on the batch
+        ``x``: ``zero_grad(set_to_none=True)``, the forward, the backward and :meth:`step`.
+
+        Where it can (:meth:`fused_step_refusal` is None), the backward writes the weight
+        matrices' gradient products straight into their momentum buffers (see
+        :mod:`pyae.optim`): the same update as the three calls up to rounding (the products
+        are summed into the buffers by ``addmm`` instead of apart), with no weight-sized
+        gradient tensors. The weight matrices then have no ``.grad`` after the step; the
+        biases (and the squared row norms) have theirs, as usual. The step hooks and a
+        learning-rate scheduler's counting see an ordinary :meth:`step` call. Elsewhere it
+        runs the three calls.
+
+        Args:
+            x: the clean batch, ``(B, n_inputs)``.
+            generator: an optional ``torch.Generator`` for the corruption noise, as for the
+                model's ``forward``.
+
+        Returns:
+            The model's output for the step (detached where the step was fused).
+        """
+        model = self.autoencoder
+        if model is None:
+            raise ValueError("autoencoder_step needs an optimizer built with autoencoder=model")
+        model._check_input(x)
+        self.zero_grad(set_to_none=True)
+        if self.fused_step_refusal(x) is not None:
+            output = model(x, generator=generator)
+            output.loss.backward()
+            self.step()
+            return output
+        with torch.no_grad():
+            output = self._fused_backward(model, x, generator)
+        try:
+            self.step()
+        finally:
+            self._gradient_in_buffer.clear()
+        return output
+
+    def fused_step_refusal(self, x: Tensor) -> Optional[str]:
+        """Why :meth:`autoencoder_step` would not fuse the backward into the buffers for
+        ``x``, or None when it would."""
+        model = self.autoencoder
+        if model is None:
+            return "no autoencoder was given to the optimizer"
+        if not isinstance(self, SGD):
+            return f"{type(self).__name__} needs each gradient itself, not only its share in a buffer"
+        if not model._takes_whole_objective(x):
+            return "the model's forward takes the operators one by one (linear decoder, synchronized sparsity, or x requires grad)"
+        if torch.is_autocast_enabled(x.device.type):
+            return "autocast is on (its casts belong to the autograd path)"
+        if model._forward_hooks or model._forward_pre_hooks or _global_module_hooks():
+            return "the model has forward hooks, which the fused step would not call"
+        if self._tracked is None or self._tracked.current(model.weight_matrices()) is None:
+            return "the model's weights are no longer the ones the optimizer was built with"
+        groups_of = {id(p): group for group in self.param_groups for p in group["params"]}
+        for weight in model.weight_matrices():
+            group = groups_of[id(weight)]
+            if group["momentum"] == 0.0 or group["nesterov"]:
+                return "a weight matrix's group has no momentum or uses nesterov (the update needs the gradient itself)"
+            if weight._backward_hooks or getattr(weight, "_post_accumulate_grad_hooks", None):
+                return "a weight matrix has gradient hooks, which the fused step would not call"
+        return None
+
+    def _fused_backward(self, model: Autoencoder, x: Tensor, generator: Optional[torch.Generator]) -> AutoencoderOutput:
+        """The forward and the backward of :meth:`autoencoder_step`'s fused step (no grad mode):
+        the weight matrices' products go into their momentum buffers (marked in
+        ``_gradient_in_buffer`` for :meth:`step`), the biases' and the norms' gradients into
+        their ``.grad``."""
+        whole = model._whole_objective(x, generator)
+        parts = whole.parts
+        one = parts.loss.new_ones(())
+        grad_logits = _ops.sigmoid_reconstruction_loss_backward(None, one, parts.reconstruction, x, model.loss)
+        grad_hidden = grad_logits @ whole.decoder_weight
+        grad_mean = None
+        if model.sparsity_target is not None and model.sparsity_weight != 0.0:
+            grad_mean = _ops.kl_sparsity_backward(one * model.sparsity_weight, parts.mean_activation,
+                                                  model.sparsity_target)
+        grad_contractive = one * model.contractive_weight if model.contractive_weight != 0.0 else None
+        encoder_norms = whole.norms[0]
+        delta, grad_encoder_bias, grad_norms = _ops.sigmoid_encoder_preactivation_backward(
+            grad_hidden, grad_mean, grad_contractive, parts.hidden, encoder_norms)
+        # The product reads what the encoder read: the (corrupted) input.
+        encoder_input = whole.encoder_input if whole.seed is None else _ops.mask_noise(x, model.noise_level, whole.seed)
+        encoder, decoder_bias = model.encoder, model.decoder_bias if model.tied_weights else model.decoder.bias
+        products = {id(encoder.weight): [(delta.t(), encoder_input)]}
+        if model.tied_weights:
+            products[id(encoder.weight)].append((parts.hidden.t(), grad_logits))
+        else:
+            products[id(model.decoder.weight)] = [(grad_logits.t(), parts.hidden)]
+        groups_of = {id(p): group for group in self.param_groups for p in group["params"]}
+        for weight in model.weight_matrices():
+            group, state = groups_of[id(weight)], self.state[weight]
+            buffer = state.get("momentum_buffer")
+            first = buffer is None
+            if first:
+                buffer = state["momentum_buffer"] = torch.empty_like(weight, memory_format=torch.contiguous_format)
+            # buf = momentum * buf + (1 - dampening) * grad, or grad on the first step (torch's
+            # SGD takes no dampening then).
+            beta, alpha = (0.0, 1.0) if first else (group["momentum"], 1.0 - group["dampening"])
+            for left, right in products[id(weight)]:
+                buffer.addmm_(left, right, beta=beta, alpha=alpha)
+                beta = 1.0
+            self._gradient_in_buffer[id(weight)] = first
+        if encoder.bias is not None:
+            encoder.bias.grad = grad_encoder_bias
+        if decoder_bias is not None:
+            decoder_bias.grad = grad_logits.sum(0)
+        if self._encoder_norms is not None:
+            self._encoder_norms.grad = grad_norms
+        return whole.output
 
 
 class _EmptyTensors:
@@ -269,25 +395,38 @@ class SGD(_FusedOptimizer):
         if momentum == 0.0:
             _ops.sgd_update_(params, grads, [], row_grads, decays, norms, first_step=False, **hyper)
             return
-        buffers, new = [], []
-        for index, p in enumerate(params):
+        # One call per kind of entry: (gradient in the buffer already, first step).
+        buffers, kinds = [], []
+        for p, grad in zip(params, grads):
             state = self.state[p]
+            if grad is None:
+                buffers.append(state["momentum_buffer"])
+                kinds.append((True, self._gradient_in_buffer[id(p)]))
+                continue
             buffer = state.get("momentum_buffer")
-            if buffer is None:
+            first_step = buffer is None
+            if first_step:
                 # Zeros, not garbage: the first step's buf = 0 * buf + g must not meet a NaN.
                 buffer = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                new.append(index)
             buffers.append(buffer)
-        if not new or len(new) == len(params):
-            _ops.sgd_update_(params, grads, buffers, row_grads, decays, norms, first_step=bool(new), **hyper)
-            return
-        # A new buffer takes torch's first step (buf = g), the others the ordinary one.
-        new_set = set(new)
-        old = [index for index in range(len(params)) if index not in new_set]
-        for indices, first_step in ((new, True), (old, False)):
-            _ops.sgd_update_(_pick(params, indices), _pick(grads, indices), _pick(buffers, indices),
-                             _pick(row_grads, indices), _pick(decays, indices), _pick(norms, indices),
-                             first_step=first_step, **hyper)
+            kinds.append((False, first_step))
+        distinct = list(dict.fromkeys(kinds))
+        for kind in distinct:
+            in_buffer, first_step = kind
+            if len(distinct) == 1:
+                _ops.sgd_update_(params, [] if in_buffer else grads, buffers, row_grads, decays, norms,
+                                 first_step=first_step, **hyper)
+                continue
+            indices = [i for i, k in enumerate(kinds) if k == kind]
+            _ops.sgd_update_(_pick(params, indices), [] if in_buffer else _pick(grads, indices),
+                             _pick(buffers, indices), _pick(row_grads, indices), _pick(decays, indices),
+                             _pick(norms, indices), first_step=first_step, **hyper)
+
+
+def _global_module_hooks() -> bool:
+    """Whether any global nn.Module forward hook is registered (the fused step would skip it)."""
+    from torch.nn.modules import module as module_globals
+    return bool(module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks)
 
 
 def _pick(values: List, indices: List[int]) -> List:

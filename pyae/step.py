@@ -59,6 +59,11 @@ class TrainStep:
         mixed_precision: None, ``"bfloat16"`` or ``"float16"``: the forward runs under
             ``torch.autocast`` in that dtype; ``"float16"`` also scales the loss with a
             ``torch.amp.GradScaler`` (:attr:`grad_scaler`) against gradient underflow.
+        fused_backward: with a :class:`pyae.optim.SGD` given this model (``autoencoder=model``),
+            no capture and no mixed precision, each step is the optimizer's
+            :meth:`~pyae.optim.SGD.autoencoder_step`: the backward writes the weight matrices'
+            gradient products straight into the momentum buffers, and the weight matrices
+            get no ``.grad``. False keeps the three calls.
 
     Calling the step returns the loss of that step as a fresh, detached tensor on the
     model's device (reading it with ``.item()`` synchronizes; accumulate on the device and
@@ -69,7 +74,8 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *,
                  capture: Union[bool, str] = "auto", warmup_steps: int = 3,
-                 generator: Optional[torch.Generator] = None, mixed_precision: Optional[str] = None) -> None:
+                 generator: Optional[torch.Generator] = None, mixed_precision: Optional[str] = None,
+                 fused_backward: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -80,6 +86,8 @@ class TrainStep:
             raise ValueError(f"warmup_steps must be an int >= 1, got {warmup_steps!r}")
         check_generator(generator)
         check_choice(mixed_precision, "mixed_precision", (None, "bfloat16", "float16"))
+        if not isinstance(fused_backward, bool):
+            raise TypeError(f"fused_backward must be a bool, got {type(fused_backward).__name__}")
         parameter = next(model.parameters(), None)
         on_cuda = parameter is not None and parameter.device.type == "cuda"
         if capture == "auto":
@@ -106,6 +114,8 @@ class TrainStep:
         self._captured: Dict[Tuple, _CapturedStep] = {}
         self._warmups: Dict[Tuple, int] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.capture else None
+        self.fused_backward = (fused_backward and not self.capture and mixed_precision is None
+                               and uses_autoencoder_step(optimizer, model))
 
     def _forward(self, x: Tensor):
         # No autocast cast cache under capture: a graph must cast the weights it replays with.
@@ -113,6 +123,10 @@ class TrainStep:
             return self.model(x) if self.generator is None else self.model(x, generator=self.generator)
 
     def _eager_step(self, x: Tensor) -> Tensor:
+        if self.fused_backward:
+            output = self.optimizer.autoencoder_step(x, generator=self.generator)
+            self.last_output = output
+            return output.loss.detach()
         self.optimizer.zero_grad(set_to_none=True)
         output = self._forward(x)
         optimizer_step(output.loss, self.optimizer, self.grad_scaler)
@@ -190,6 +204,12 @@ def optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer,
     grad_scaler.scale(loss).backward()
     grad_scaler.step(optimizer)
     grad_scaler.update()
+
+
+def uses_autoencoder_step(optimizer: torch.optim.Optimizer, model: nn.Module) -> bool:
+    """Whether ``optimizer`` is a :class:`pyae.optim.SGD` given ``model`` itself: its
+    :meth:`~pyae.optim.SGD.autoencoder_step` is then the whole step (fused where it can be)."""
+    return isinstance(optimizer, optim.SGD) and optimizer.autoencoder is model
 
 
 def _optimizer_is_capturable(optimizer: torch.optim.Optimizer) -> bool:

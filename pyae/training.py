@@ -45,7 +45,7 @@ from pyae.checkpoint import (
 )
 from pyae.config import RESUMABLE_FIELDS, TrainConfig, build_model, build_optimizer, resolve_device
 from pyae.modules import Autoencoder, AutoencoderOutput
-from pyae.step import TrainStep, make_grad_scaler, mixed_precision_context, optimizer_step
+from pyae.step import TrainStep, make_grad_scaler, mixed_precision_context, optimizer_step, uses_autoencoder_step
 
 __all__ = ["train"]
 
@@ -452,6 +452,14 @@ def _step_function(config: TrainConfig, model: Autoencoder, optimizer: torch.opt
         )
     device_type = model.encoder.weight.device.type
     grad_scaler = make_grad_scaler(device_type) if mixed_precision == "float16" else None
+
+    if config.fused_backward and ranks is None and mixed_precision is None and uses_autoencoder_step(optimizer, model):
+        # pyae's SGD given the model: the backward writes the weight matrices' gradient
+        # products straight into the momentum buffers (pyae.optim, SGD.autoencoder_step).
+        def fused_step(batch: Tensor, share: float) -> AutoencoderOutput:
+            return optimizer.autoencoder_step(batch, generator=noise)
+
+        return fused_step
 
     def eager_step(batch: Tensor, share: float) -> AutoencoderOutput:
         optimizer.zero_grad(set_to_none=True)

@@ -56,7 +56,7 @@ def test_train_resume_and_filters(tmp_path, capsys):
 
     # Resuming may change --epochs, not the model or the optimization.
     code, _, err = run(capsys, "train", "--out", out, "--resume", "--lr", "0.5", "--epochs", "2")
-    assert_usage_error(code, err, "--lr", "0.5", "0.01", "only --epochs, --early-stopping, --device, --cuda-graph may change")
+    assert_usage_error(code, err, "--lr", "0.5", "0.01", "only --epochs, --early-stopping, --device, --cuda-graph, --fused-backward may change")
     code, _, err = run(capsys, "train", "--out", out, "--resume", "--mixed-precision", "bfloat16", "--epochs", "2")
     assert_usage_error(code, err, "--mixed-precision", "'bfloat16'", "None")
     code, _, err = run(capsys, "train", "--out", out, "--resume", "--limit", "300", "--epochs", "2")

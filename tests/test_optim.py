@@ -151,6 +151,8 @@ def test_update_refuses_bad_lists(device):
     p = torch.zeros(3, 2, device=device)
     kwargs = dict(lr=0.1, momentum=0.0, dampening=0.0, nesterov=False, first_step=False)
     with pytest.raises(ValueError, match="grads must hold one entry per parameter"):
+        ops.sgd_update_([p, p.clone()], [p], [], [], [0.0, 0.0], [], **kwargs)
+    with pytest.raises(ValueError, match="without grads .* needs momentum > 0"):
         ops.sgd_update_([p], [], [], [], [0.0], [], **kwargs)
     with pytest.raises(ValueError, match=r"grads\[0\] must have the shape"):
         ops.sgd_update_([p], [torch.zeros(2, 3, device=device)], [], [], [0.0], [], **kwargs)

@@ -71,6 +71,7 @@ def no_temp_files(directory):
         ("contractive_weight", float("inf"), ValueError),
         ("tied_weights", "yes", TypeError),
         ("cuda_graph", 1, TypeError),
+        ("fused_backward", "no", TypeError),
         ("mixed_precision", "float8", ValueError),
         ("val_fraction", 1.0, ValueError),
         ("early_stopping", 0, ValueError),
@@ -98,6 +99,20 @@ def test_mixed_precision_rules():
     with pytest.raises(ValueError, match="mixed_precision='float16'"):
         TrainConfig(mixed_precision="float16", cuda_graph=True, device="cuda")
     assert TrainConfig(mixed_precision="bfloat16", cuda_graph=True, device="cuda").mixed_precision == "bfloat16"
+
+
+def test_fused_backward_training_matches_the_three_calls(digits):
+    # Every term on, float64: the fused step (products into the momentum buffers) and
+    # zero_grad/backward/step train the same model up to rounding.
+    config = tiny(dtype="float64", noise="mask", noise_level=0.25, weight_decay=1e-4, sparsity_target=0.1,
+                  sparsity_weight=0.1, contractive_weight=0.1)
+    fused_model, fused = train(config, digits, progress=False)
+    model, history = train(config.replace(fused_backward=False), digits, progress=False)
+    assert fused_model.encoder.weight.grad is None and model.encoder.weight.grad is not None
+    for name in ("loss", "reconstruction", "weight_decay", "sparsity", "contractive"):
+        torch.testing.assert_close(torch.tensor(fused[name]), torch.tensor(history[name]), rtol=1e-9, atol=1e-12)
+    for a, b in zip(fused_model.parameters(), model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("mixed_precision", ["bfloat16", "float16"])

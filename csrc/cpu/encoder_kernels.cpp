@@ -207,6 +207,7 @@ at::Tensor squared_row_norms_cpu(const at::Tensor& weight) {
 TORCH_LIBRARY_IMPL(pyae, CPU, m) {
   m.impl("sigmoid_encoder", &sigmoid_encoder_forward<CpuBackend>);
   m.impl("sigmoid_encoder_backward", &sigmoid_encoder_backward<CpuBackend>);
+  m.impl("sigmoid_encoder_preactivation_backward", &sigmoid_encoder_preactivation_backward<CpuBackend>);
   m.impl("squared_row_norms", &squared_row_norms_cpu);
 }
 

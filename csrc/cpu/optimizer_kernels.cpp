@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -28,14 +29,15 @@ constexpr int64_t kFlatBlock = 16384;
 // and *norm receives the squared norm of the values written, summed as
 // cpu::squared_norms_of_rows sums a row (the same bits as squared_row_norms), while each
 // value is still in a register.
-template <bool kMomentum, bool kNorm, typename scalar_t, typename acc_t>
+// kGrad false: no gradient tensor, the gradient is already in buf (update_math.h).
+template <bool kMomentum, bool kNorm, bool kGrad, typename scalar_t, typename acc_t>
 PYAE_CPU_MULTIVERSION void sgd_range(scalar_t* __restrict p, const scalar_t* __restrict g, scalar_t* __restrict buf,
                                      int64_t begin, int64_t end, acc_t decay, SgdCoefficients<acc_t> k,
                                      acc_t* __restrict norm) {
   const auto element = [=](int64_t i) {
     acc_t b = kMomentum ? static_cast<acc_t>(buf[i]) : acc_t(0);
-    const scalar_t updated =
-        static_cast<scalar_t>(sgd_update<kMomentum>(static_cast<acc_t>(p[i]), static_cast<acc_t>(g[i]), decay, &b, k));
+    const acc_t grad = kGrad ? static_cast<acc_t>(g[i]) : acc_t(0);
+    const scalar_t updated = static_cast<scalar_t>(sgd_update<kMomentum>(static_cast<acc_t>(p[i]), grad, decay, &b, k));
     p[i] = updated;
     if constexpr (kMomentum) buf[i] = static_cast<scalar_t>(b);
     return static_cast<acc_t>(updated);
@@ -100,26 +102,34 @@ void sgd_update_cpu(
     const OptionalTensorList& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
     at::TensorList squared_row_norms, double lr, double momentum, double dampening, bool nesterov, bool first_step) {
   check_sgd_update_inputs(params, grads, momentum_buffers, squared_row_norm_grads, weight_decays, squared_row_norms,
-                          momentum);
+                          momentum, nesterov);
   const bool has_momentum = momentum != 0.0;
+  const bool gradient_in_buffer = grads.empty();
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& param = params[i];
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "pyae_sgd_update_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const auto k = SgdCoefficients<acc_t>::make(lr, momentum, dampening, nesterov, first_step);
+      const auto k = SgdCoefficients<acc_t>::make(lr, momentum, dampening, nesterov, first_step, gradient_in_buffer);
       scalar_t* p = param.mutable_data_ptr<scalar_t>();
-      const scalar_t* g = grads[i].const_data_ptr<scalar_t>();
+      const scalar_t* g = gradient_in_buffer ? nullptr : grads[i].const_data_ptr<scalar_t>();
       scalar_t* buf = has_momentum ? momentum_buffers[i].mutable_data_ptr<scalar_t>() : nullptr;
+      // The three forms: momentum with a gradient tensor, momentum with the gradient in the
+      // buffer, no momentum (always a gradient tensor).
+      const auto run = [&](auto norm_flag, int64_t begin, int64_t end, acc_t decay, acc_t* norm) {
+        constexpr bool kNorm = decltype(norm_flag)::value;
+        if (!has_momentum) {
+          sgd_range<false, kNorm, true>(p, g, buf, begin, end, decay, k, norm);
+        } else if (gradient_in_buffer) {
+          sgd_range<true, kNorm, false>(p, g, buf, begin, end, decay, k, norm);
+        } else {
+          sgd_range<true, kNorm, true>(p, g, buf, begin, end, decay, k, norm);
+        }
+      };
       update_parameter<scalar_t>(
           param, weight_decays[i], entry_or_none(squared_row_norm_grads, i), entry_or_undefined(squared_row_norms, i),
           [&](int64_t begin, int64_t end, acc_t decay, acc_t* norm) {
-            if (norm != nullptr) {
-              has_momentum ? sgd_range<true, true>(p, g, buf, begin, end, decay, k, norm)
-                           : sgd_range<false, true>(p, g, buf, begin, end, decay, k, norm);
-            } else {
-              has_momentum ? sgd_range<true, false>(p, g, buf, begin, end, decay, k, norm)
-                           : sgd_range<false, false>(p, g, buf, begin, end, decay, k, norm);
-            }
+            norm != nullptr ? run(std::true_type{}, begin, end, decay, norm)
+                            : run(std::false_type{}, begin, end, decay, norm);
           });
     });
   }

@@ -599,6 +599,7 @@ at::Tensor squared_row_norms_cuda(const at::Tensor& weight) {
 TORCH_LIBRARY_IMPL(pyae, CUDA, m) {
   m.impl("sigmoid_encoder", &sigmoid_encoder_forward<CudaBackend>);
   m.impl("sigmoid_encoder_backward", &sigmoid_encoder_backward<CudaBackend>);
+  m.impl("sigmoid_encoder_preactivation_backward", &sigmoid_encoder_preactivation_backward<CudaBackend>);
   m.impl("squared_row_norms", &squared_row_norms_cuda);
 }
 

@@ -37,7 +37,8 @@ using cuda_detail::with_width;
 constexpr int kFlatThreads = 256;
 constexpr int64_t kMaxFlatBlocks = 4096;
 
-// One element of SGD's update; kMomentum picks the loop with the buffer.
+// One element of SGD's update; kMomentum picks the loop with the buffer. grad is null when
+// the gradient is already in the buffer (update_math.h).
 template <typename scalar_t, bool kMomentum>
 struct SgdElement {
   using acc_t = at::opmath_type<scalar_t>;
@@ -49,8 +50,8 @@ struct SgdElement {
   __device__ __forceinline__ void prepare() {}
   __device__ __forceinline__ void operator()(int64_t i, acc_t decay) const {
     acc_t b = kMomentum ? static_cast<acc_t>(buffer[i]) : acc_t(0);
-    param[i] = static_cast<scalar_t>(
-        sgd_update<kMomentum>(static_cast<acc_t>(param[i]), static_cast<acc_t>(grad[i]), decay, &b, k));
+    const acc_t g = grad != nullptr ? static_cast<acc_t>(grad[i]) : acc_t(0);
+    param[i] = static_cast<scalar_t>(sgd_update<kMomentum>(static_cast<acc_t>(param[i]), g, decay, &b, k));
     if constexpr (kMomentum) buffer[i] = static_cast<scalar_t>(b);
   }
 };
@@ -144,16 +145,17 @@ void sgd_update_cuda(
     const OptionalTensorList& squared_row_norm_grads, at::ArrayRef<double> weight_decays,
     at::TensorList squared_row_norms, double lr, double momentum, double dampening, bool nesterov, bool first_step) {
   check_sgd_update_inputs(params, grads, momentum_buffers, squared_row_norm_grads, weight_decays, squared_row_norms,
-                          momentum);
+                          momentum, nesterov);
   const bool has_momentum = momentum != 0.0;
+  const bool gradient_in_buffer = grads.empty();
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& param = params[i];
     const c10::cuda::CUDAGuard device_guard(param.device());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "pyae_sgd_update_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const auto k = SgdCoefficients<acc_t>::make(lr, momentum, dampening, nesterov, first_step);
+      const auto k = SgdCoefficients<acc_t>::make(lr, momentum, dampening, nesterov, first_step, gradient_in_buffer);
       scalar_t* p = param.mutable_data_ptr<scalar_t>();
-      const scalar_t* g = grads[i].const_data_ptr<scalar_t>();
+      const scalar_t* g = gradient_in_buffer ? nullptr : grads[i].const_data_ptr<scalar_t>();
       const auto row_grads = entry_or_none(squared_row_norm_grads, i);
       const at::Tensor norms = entry_or_undefined(squared_row_norms, i);
       if (has_momentum) {
