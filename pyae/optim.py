@@ -120,9 +120,10 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._encoder_norms: Optional[Tensor] = None
         self._encoder_weight_id: Optional[int] = None
         self._tracked: Optional[TrackedNorms] = None
-        # During a fused step's update (autoencoder_step): the weight matrices whose gradient is
-        # already in their momentum buffer, by parameter id, with whether that buffer is new.
-        self._gradient_in_buffer: Dict[int, bool] = {}
+        # Between a fused step's backward and its update (autoencoder_step): each weight
+        # matrix's gradient as the matrix products (left, right) whose sum it is, by parameter
+        # id. step() accumulates them into the momentum buffers (or forms the gradient).
+        self._pending_products: Dict[int, List[Tuple[Tensor, Tensor]]] = {}
         self.autoencoder = autoencoder
         if autoencoder is not None:
             self._attach(autoencoder)
@@ -182,16 +183,20 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if self._encoder_norms is not None and self._encoder_norms.grad is not None:
             encoder_row_grad = self._encoder_norms.grad
         any_rows = False
+        in_buffer = self._takes_gradient_in_buffer(group)
         for p in group["params"]:
             grad = p.grad
             if grad is None:
-                if id(p) not in self._gradient_in_buffer:
+                products = self._pending_products.get(id(p))
+                if products is None:
                     continue
+                if not in_buffer:  # the gradient itself, after all
+                    grad = _sum_of_products(products)
             elif grad.is_sparse:
                 raise RuntimeError("pyae.optim does not support sparse gradients")
             key = id(p)
             params.append(p)
-            # None: the gradient is already in the momentum buffer (a fused step).
+            # None: a fused step's products, which the update accumulates into the momentum buffer.
             grads.append(grad if grad is None or grad.is_contiguous() else grad.contiguous())
             decays.append(base_decay + self._extra_decay.get(key, 0.0))
             target = self._norms_of.get(key)
@@ -230,18 +235,23 @@ class _FusedOptimizer(torch.optim.Optimizer):
         :meth:`_update_lists`)."""
         raise NotImplementedError
 
+    def _takes_gradient_in_buffer(self, group: Dict[str, Any]) -> bool:
+        """Whether the group's update can take a gradient accumulated into its state by
+        ``addmm`` (the fused step) instead of the gradient itself."""
+        return False
+
     def autoencoder_step(self, x: Tensor, *, generator: Optional[torch.Generator] = None) -> AutoencoderOutput:
         """One whole training step of the autoencoder this optimizer was given, on the batch
         ``x``: ``zero_grad(set_to_none=True)``, the forward, the backward and :meth:`step`.
 
-        Where it can (:meth:`fused_step_refusal` is None), the backward writes the weight
-        matrices' gradient products straight into their momentum buffers (see
-        :mod:`pyae.optim`): the same update as the three calls up to rounding (the products
-        are summed into the buffers by ``addmm`` instead of apart), with no weight-sized
-        gradient tensors. The weight matrices then have no ``.grad`` after the step; the
-        biases (and the squared row norms) have theirs, as usual. The step hooks and a
-        learning-rate scheduler's counting see an ordinary :meth:`step` call. Elsewhere it
-        runs the three calls.
+        Where it can (:meth:`fused_step_refusal` is None), the backward leaves the weight
+        matrices' gradients as matrix products, which :meth:`step` writes straight into their
+        momentum buffers (see :mod:`pyae.optim`): the same update as the three calls up to
+        rounding (the products are summed into the buffers by ``addmm`` instead of apart), with
+        no weight-sized gradient tensors. The weight matrices then have no ``.grad`` after the
+        step; the biases (and the squared row norms) have theirs, as usual. :meth:`step` is
+        called as usual (step post-hooks run, a learning-rate scheduler counts it); a model
+        or optimizer with hooks that would see or change the gradients takes the three calls.
 
         Args:
             x: the clean batch, ``(B, n_inputs)``.
@@ -261,12 +271,12 @@ class _FusedOptimizer(torch.optim.Optimizer):
             output.loss.backward()
             self.step()
             return output
-        with torch.no_grad():
-            output = self._fused_backward(model, x, generator)
         try:
+            with torch.no_grad():
+                output = self._fused_backward(model, x, generator)
             self.step()
         finally:
-            self._gradient_in_buffer.clear()
+            self._pending_products.clear()
         return output
 
     def fused_step_refusal(self, x: Tensor) -> Optional[str]:
@@ -279,26 +289,30 @@ class _FusedOptimizer(torch.optim.Optimizer):
             return f"{type(self).__name__} needs each gradient itself, not only its share in a buffer"
         if not model._takes_whole_objective(x):
             return "the model's forward takes the operators one by one (linear decoder, synchronized sparsity, or x requires grad)"
+        if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+            return "grad mode is off (the three calls' backward would refuse)"
         if torch.is_autocast_enabled(x.device.type):
             return "autocast is on (its casts belong to the autograd path)"
-        if model._forward_hooks or model._forward_pre_hooks or _global_module_hooks():
-            return "the model has forward hooks, which the fused step would not call"
+        if _has_module_hooks(model):
+            return "the model has forward or backward hooks, which the fused step would not call"
+        if self._optimizer_step_pre_hooks or _has_global_step_pre_hooks():
+            return "the optimizer has step pre-hooks, which would see no weight gradients"
+        for p in model.parameters():
+            if not p.requires_grad:
+                return "a parameter of the model does not require grad (frozen), which the fused step would update"
+            if p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None):
+                return "a parameter has gradient hooks, which the fused step would not call"
         if self._tracked is None or self._tracked.current(model.weight_matrices()) is None:
             return "the model's weights are no longer the ones the optimizer was built with"
         groups_of = {id(p): group for group in self.param_groups for p in group["params"]}
-        for weight in model.weight_matrices():
-            group = groups_of[id(weight)]
-            if group["momentum"] == 0.0 or group["nesterov"]:
-                return "a weight matrix's group has no momentum or uses nesterov (the update needs the gradient itself)"
-            if weight._backward_hooks or getattr(weight, "_post_accumulate_grad_hooks", None):
-                return "a weight matrix has gradient hooks, which the fused step would not call"
+        if not all(self._takes_gradient_in_buffer(groups_of[id(w)]) for w in model.weight_matrices()):
+            return "a weight matrix's group has no momentum or uses nesterov (the update needs the gradient itself)"
         return None
 
     def _fused_backward(self, model: Autoencoder, x: Tensor, generator: Optional[torch.Generator]) -> AutoencoderOutput:
         """The forward and the backward of :meth:`autoencoder_step`'s fused step (no grad mode):
-        the weight matrices' products go into their momentum buffers (marked in
-        ``_gradient_in_buffer`` for :meth:`step`), the biases' and the norms' gradients into
-        their ``.grad``."""
+        the weight matrices' gradients as pending products for :meth:`step`, the biases' and
+        the norms' gradients in their ``.grad``."""
         whole = model._whole_objective(x, generator)
         parts = whole.parts
         one = parts.loss.new_ones(())
@@ -320,20 +334,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
             products[id(encoder.weight)].append((parts.hidden.t(), grad_logits))
         else:
             products[id(model.decoder.weight)] = [(grad_logits.t(), parts.hidden)]
-        groups_of = {id(p): group for group in self.param_groups for p in group["params"]}
-        for weight in model.weight_matrices():
-            group, state = groups_of[id(weight)], self.state[weight]
-            buffer = state.get("momentum_buffer")
-            first = buffer is None
-            if first:
-                buffer = state["momentum_buffer"] = torch.empty_like(weight, memory_format=torch.contiguous_format)
-            # buf = momentum * buf + (1 - dampening) * grad, or grad on the first step (torch's
-            # SGD takes no dampening then).
-            beta, alpha = (0.0, 1.0) if first else (group["momentum"], 1.0 - group["dampening"])
-            for left, right in products[id(weight)]:
-                buffer.addmm_(left, right, beta=beta, alpha=alpha)
-                beta = 1.0
-            self._gradient_in_buffer[id(weight)] = first
+        self._pending_products.update(products)
         if encoder.bias is not None:
             encoder.bias.grad = grad_encoder_bias
         if decoder_bias is not None:
@@ -389,6 +390,9 @@ class SGD(_FusedOptimizer):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
         super().__init__(params, defaults, autoencoder)
 
+    def _takes_gradient_in_buffer(self, group: Dict[str, Any]) -> bool:
+        return group["momentum"] != 0.0 and not group["nesterov"]
+
     def _update_group(self, group, params, grads, decays, row_grads, norms) -> None:
         momentum = group["momentum"]
         hyper = dict(lr=group["lr"], momentum=momentum, dampening=group["dampening"], nesterov=group["nesterov"])
@@ -400,8 +404,18 @@ class SGD(_FusedOptimizer):
         for p, grad in zip(params, grads):
             state = self.state[p]
             if grad is None:
-                buffers.append(state["momentum_buffer"])
-                kinds.append((True, self._gradient_in_buffer[id(p)]))
+                # A fused step's products: buf = momentum * buf + (1 - dampening) * grad, or
+                # grad on the first step (torch's SGD takes no dampening then), by addmm.
+                buffer = state.get("momentum_buffer")
+                first_step = buffer is None
+                if first_step:
+                    buffer = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.contiguous_format)
+                beta, alpha = (0.0, 1.0) if first_step else (momentum, 1.0 - group["dampening"])
+                for left, right in self._pending_products[id(p)]:
+                    buffer.addmm_(left, right, beta=beta, alpha=alpha)
+                    beta = 1.0
+                buffers.append(buffer)
+                kinds.append((True, first_step))
                 continue
             buffer = state.get("momentum_buffer")
             first_step = buffer is None
@@ -423,10 +437,26 @@ class SGD(_FusedOptimizer):
                              _pick(norms, indices), first_step=first_step, **hyper)
 
 
-def _global_module_hooks() -> bool:
-    """Whether any global nn.Module forward hook is registered (the fused step would skip it)."""
+def _has_module_hooks(model: torch.nn.Module) -> bool:
+    """Whether calling ``model`` would run forward or backward hooks (its own or global ones)."""
     from torch.nn.modules import module as module_globals
-    return bool(module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks)
+    return bool(model._forward_hooks or model._forward_pre_hooks or model._backward_hooks
+                or model._backward_pre_hooks or module_globals._global_forward_hooks
+                or module_globals._global_forward_pre_hooks or module_globals._global_backward_hooks
+                or module_globals._global_backward_pre_hooks)
+
+
+def _has_global_step_pre_hooks() -> bool:
+    from torch.optim import optimizer as optimizer_globals
+    return bool(optimizer_globals._global_optimizer_pre_hooks)
+
+
+def _sum_of_products(products: List[Tuple[Tensor, Tensor]]) -> Tensor:
+    """A pending gradient formed after all: the sum of its matrix products."""
+    grad = None
+    for left, right in products:
+        grad = torch.mm(left, right) if grad is None else grad.addmm_(left, right)
+    return grad
 
 
 def _pick(values: List, indices: List[int]) -> List:

@@ -63,7 +63,9 @@ class TrainStep:
             no capture and no mixed precision, each step is the optimizer's
             :meth:`~pyae.optim.SGD.autoencoder_step`: the backward writes the weight matrices'
             gradient products straight into the momentum buffers, and the weight matrices
-            get no ``.grad``. False keeps the three calls.
+            get no ``.grad`` (where that step cannot fuse, e.g. without momentum, it takes the
+            three calls itself). False keeps the three calls. :attr:`fused_backward` says
+            whether steps go through ``autoencoder_step``.
 
     Calling the step returns the loss of that step as a fresh, detached tensor on the
     model's device (reading it with ``.item()`` synchronizes; accumulate on the device and

@@ -91,14 +91,17 @@ def train(
             count, history and every RNG state are restored, so the result is bitwise equal
             (on the CPU) to a run that never stopped. ``config`` must match the stored one
             except for the fields in :data:`pyae.config.RESUMABLE_FIELDS` (``epochs``, which
-            may grow, ``device`` and ``cuda_graph``). Moving a run between
+            may grow, ``early_stopping``, ``device``, ``cuda_graph`` and ``fused_backward``; a
+            changed ``fused_backward`` continues equal up to rounding). Moving a run between
             the CPU and a GPU works, but its generator states cannot follow: it goes on
             deterministically from the seed and epoch, with a ``RuntimeWarning``.
         progress: show a tqdm bar (plain per-epoch lines on stderr without tqdm); False: silent.
         callback: ``callback(epoch, step, output)`` after every optimizer step, ``epoch``
             counting from 1, ``step`` from 0 within the epoch, ``output`` the step's
             :class:`pyae.AutoencoderOutput` (with ``config.cuda_graph`` its tensors are the
-            graph's static outputs, overwritten by the next step). An exception it raises
+            graph's static outputs, overwritten by the next step; with the fused backward,
+            ``config.fused_backward``, they are detached and the weight matrices have no
+            ``.grad``). An exception it raises
             stops training (the epoch in progress is lost, the last checkpoint stays as it was).
         extra: plain data stored in every checkpoint (e.g. where ``images`` came from).
 

@@ -107,25 +107,29 @@ def test_preactivation_backward_opcheck(device):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("first_step", [False, True])
 @pytest.mark.parametrize("dampening", [0.0, 0.3])
-def test_update_with_the_gradient_in_the_buffer(device, dtype, first_step, dampening):
+@pytest.mark.parametrize("by_rows", [True, False])
+def test_update_with_the_gradient_in_the_buffer(device, dtype, first_step, dampening, by_rows):
     generator = torch.Generator().manual_seed(1)
     make = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64).to(device, dtype)  # noqa: E731
     p, g, buf = make(6, 4), make(6, 4), make(6, 4)
     row_grads = make(6).to(ops._accumulation_dtype(dtype))
     momentum, lr, decay = 0.9, 0.05, 0.01
     hyper = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=False, first_step=first_step)
+    # by_rows: a row decay and the norms (the per-row kernels); else the flat kernels.
+    rows = [row_grads] if by_rows else []
     p_ref, buf_ref, norms_ref = p.clone(), buf.clone(), torch.empty(6, device=device, dtype=row_grads.dtype)
-    ops.sgd_update_([p_ref], [g], [buf_ref], [row_grads], [decay], [norms_ref], **hyper)
+    ops.sgd_update_([p_ref], [g], [buf_ref], rows, [decay], [norms_ref] if by_rows else [], **hyper)
     # What a fused step's products leave in the buffer: momentum * buf + (1 - dampening) * g,
     # or g on the first step.
     filled = g.clone() if first_step else buf * momentum + (1 - dampening) * g
     norms = torch.empty_like(norms_ref)
-    ops.sgd_update_([p], [], [filled], [row_grads], [decay], [norms], **hyper)
+    ops.sgd_update_([p], [], [filled], rows, [decay], [norms] if by_rows else [], **hyper)
     assert_close(filled, buf_ref, dtype)
     assert_close(p, p_ref, dtype)
-    assert_close(norms, norms_ref, dtype)
-    # The norms are those of the written weight, bit for bit.
-    assert torch.equal(norms, ops.squared_row_norms(p))
+    if by_rows:
+        assert_close(norms, norms_ref, dtype)
+        # The norms are those of the written weight, bit for bit.
+        assert torch.equal(norms, ops.squared_row_norms(p))
 
 
 def test_update_without_grads_needs_plain_momentum(device):
@@ -151,6 +155,8 @@ CONFIGURATIONS = {
                              sparsity_weight=0.1),
     "everything": dict(noise="mask", noise_level=0.25, weight_decay=0.01, contractive_weight=0.1,
                        sparsity_target=0.05, sparsity_weight=0.1),
+    "tied_weight_decay": dict(tied_weights=True, weight_decay=0.02, noise="mask", noise_level=0.2),
+    "zero_sparsity_weight": dict(sparsity_target=0.1, sparsity_weight=0.0, contractive_weight=0.1),
 }
 
 
@@ -177,9 +183,13 @@ def _batches(device, dtype, count=4):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("name", list(CONFIGURATIONS))
+@pytest.mark.parametrize("name", [*CONFIGURATIONS, "eval_mode"])
 def test_fused_step_matches_the_ordinary_step(device, dtype, name):
-    fused, fused_optimizer, ordinary, ordinary_optimizer = _twins(CONFIGURATIONS[name], device, dtype)
+    config = CONFIGURATIONS["everything"] if name == "eval_mode" else CONFIGURATIONS[name]
+    fused, fused_optimizer, ordinary, ordinary_optimizer = _twins(config, device, dtype)
+    if name == "eval_mode":  # no noise, the same steps otherwise
+        fused.eval()
+        ordinary.eval()
     assert fused_optimizer.fused_step_refusal(_batches(device, dtype, 1)[0]) is None
     fused_noise = torch.Generator(device=device).manual_seed(11)
     ordinary_noise = torch.Generator(device=device).manual_seed(11)
@@ -202,8 +212,10 @@ def test_fused_step_matches_the_ordinary_step(device, dtype, name):
     assert fused.encoder.bias.grad is not None
 
 
-def test_fused_step_with_dampening_and_parameter_groups(device):
-    config = dict(contractive_weight=0.1, weight_decay=0.01)
+@pytest.mark.parametrize("bias_options", [dict(momentum=0.5, weight_decay=0.03), dict(momentum=0.0),
+                                          dict(nesterov=True)])
+def test_fused_step_with_dampening_and_parameter_groups(device, bias_options):
+    config = dict(contractive_weight=0.1, weight_decay=0.01, sparsity_target=0.1, sparsity_weight=0.1)
     torch.manual_seed(0)
     fused = pyae.Autoencoder(9, 7, **config).to(device=device, dtype=torch.float64)
     ordinary = copy.deepcopy(fused)
@@ -212,18 +224,26 @@ def test_fused_step_with_dampening_and_parameter_groups(device):
         weights = list(model.weight_matrices())
         biases = [model.encoder.bias, model.decoder.bias]
         return pyae.optim.SGD([{"params": weights, "lr": 0.05, "dampening": 0.2},
-                               {"params": biases, "momentum": 0.5, "weight_decay": 0.03}],
+                               {"params": biases, **bias_options}],
                               lr=0.1, momentum=0.9, autoencoder=model)
 
     fused_optimizer, ordinary_optimizer = optimizer_of(fused), optimizer_of(ordinary)
     for x in _batches(device, torch.float64):
+        assert fused_optimizer.fused_step_refusal(x) is None
         fused_optimizer.autoencoder_step(x)
         _ordinary_step(ordinary, ordinary_optimizer, x, None)
+    assert all(w.grad is None for w in fused.weight_matrices())
     for a, b in zip(fused.parameters(), ordinary.parameters()):
         torch.testing.assert_close(a, b.detach(), **TOLERANCES[torch.float64])
+        buffer = fused_optimizer.state[a].get("momentum_buffer")
+        expected = ordinary_optimizer.state[b].get("momentum_buffer")
+        assert (buffer is None) == (expected is None)
+        if buffer is not None:
+            torch.testing.assert_close(buffer, expected, **TOLERANCES[torch.float64])
 
 
-@pytest.mark.parametrize("case", ["adam", "nesterov", "no_momentum", "linear_decoder", "hook", "x_requires_grad"])
+@pytest.mark.parametrize("case", ["adam", "nesterov", "no_momentum", "linear_decoder", "hook", "x_requires_grad",
+                                  "frozen_bias", "bias_hook", "backward_hook", "step_pre_hook"])
 def test_fused_step_falls_back_to_the_ordinary_step(device, case):
     config = dict(contractive_weight=0.1, decoder_activation="linear", loss="mse") \
         if case == "linear_decoder" else dict(contractive_weight=0.1)
@@ -241,6 +261,15 @@ def test_fused_step_falls_back_to_the_ordinary_step(device, case):
     calls = []
     if case == "hook":
         model.register_forward_hook(lambda *args: calls.append(1))
+    for m, o in ((model, optimizer), (twin, twin_optimizer)):
+        if case == "frozen_bias":
+            m.decoder.bias.requires_grad_(False)
+        if case == "bias_hook":
+            m.encoder.bias.register_hook(lambda grad: grad * 0.5)
+        if case == "backward_hook":
+            m.register_full_backward_pre_hook(lambda module, grad_output: None)
+        if case == "step_pre_hook":
+            o.register_step_pre_hook(lambda *args: None)
     for x in _batches(device, torch.float64, 2):
         x = x.requires_grad_(True) if case == "x_requires_grad" else x
         assert optimizer.fused_step_refusal(x) is not None
@@ -249,8 +278,19 @@ def test_fused_step_falls_back_to_the_ordinary_step(device, case):
         assert torch.equal(output.loss.detach(), expected.loss.detach())
     # The ordinary step, exactly: the gradients exist and every number is the same.
     for a, b in zip(model.parameters(), twin.parameters()):
-        assert torch.equal(a, b) and a.grad is not None
+        assert torch.equal(a, b) and (a.grad is not None or not a.requires_grad)
     assert len(calls) == (2 if case == "hook" else 0)
+
+
+def test_fused_step_without_grad_mode_refuses_as_the_ordinary_step_does():
+    model, optimizer, _, _ = _twins(CONFIGURATIONS["plain"], "cpu", torch.float32)
+    x = _batches("cpu", torch.float32, 1)[0]
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            assert optimizer.fused_step_refusal(x) is not None
+            with pytest.raises(RuntimeError):
+                optimizer.autoencoder_step(x)
+    assert not optimizer.state  # nothing was created or updated
 
 
 def test_fused_step_under_autocast_takes_the_ordinary_step():
@@ -314,3 +354,22 @@ def test_train_step_takes_the_fused_step(fused_backward):
         torch.testing.assert_close(a, b.detach(), **TOLERANCES[torch.float64])
     with pytest.raises(TypeError, match="fused_backward must be a bool"):
         pyae.TrainStep(model, optimizer, capture=False, fused_backward=1)
+
+
+def test_pending_products_become_the_gradient_where_the_group_cannot_take_them():
+    # If a weight's group no longer takes the gradient in its buffer when step() runs (here:
+    # momentum set to 0 between the fused backward and the update), the products are summed
+    # into the gradient itself: the ordinary update, not a crash or a skipped term.
+    fused, fused_optimizer, ordinary, ordinary_optimizer = _twins(CONFIGURATIONS["tied"], "cpu", torch.float64)
+    x = _batches("cpu", torch.float64, 1)[0]
+    fused_optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        fused_optimizer._fused_backward(fused, x, None)
+    for group in fused_optimizer.param_groups + ordinary_optimizer.param_groups:
+        group["momentum"] = 0.0
+    fused_optimizer.step()
+    fused_optimizer._pending_products.clear()
+    _ordinary_step(ordinary, ordinary_optimizer, x, None)
+    for a, b in zip(fused.parameters(), ordinary.parameters()):
+        torch.testing.assert_close(a, b.detach(), **TOLERANCES[torch.float64])
+    assert "momentum_buffer" not in fused_optimizer.state[fused.encoder.weight]
