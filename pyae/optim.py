@@ -54,6 +54,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 from torch import Tensor
+from torch.nn.modules import module as _module_globals
+from torch.optim import optimizer as _optimizer_globals
 
 from pyae import ops as _ops
 from pyae.modules import Autoencoder, AutoencoderOutput
@@ -287,6 +289,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
             return "no autoencoder was given to the optimizer"
         if not isinstance(self, SGD):
             return f"{type(self).__name__} needs each gradient itself, not only its share in a buffer"
+        if type(model).forward is not Autoencoder.forward:
+            return f"{type(model).__name__} overrides forward, which the fused step would not call"
         if not model._takes_whole_objective(x):
             return "the model's forward takes the operators one by one (linear decoder, synchronized sparsity, or x requires grad)"
         if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
@@ -295,18 +299,26 @@ class _FusedOptimizer(torch.optim.Optimizer):
             return "autocast is on (its casts belong to the autograd path)"
         if _has_module_hooks(model):
             return "the model has forward or backward hooks, which the fused step would not call"
-        if self._optimizer_step_pre_hooks or _has_global_step_pre_hooks():
+        if self._optimizer_step_pre_hooks or _optimizer_globals._global_optimizer_pre_hooks:
             return "the optimizer has step pre-hooks, which would see no weight gradients"
-        for p in model.parameters():
+        weights = model.weight_matrices()
+        tracked = self._tracked
+        if tracked is None or len(weights) != len(tracked.weights) or any(
+                w is not t for w, t in zip(weights, tracked.weights)):
+            return "the model's weights are no longer the ones the optimizer was built with"
+        # The parameters the objective reads (the model's forward, not overridden, reads no others).
+        decoder_bias = model.decoder_bias if model.tied_weights else model.decoder.bias
+        for p in (*weights, model.encoder.bias, decoder_bias):
+            if p is None:
+                continue
             if not p.requires_grad:
                 return "a parameter of the model does not require grad (frozen), which the fused step would update"
-            if p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None):
+            if p._backward_hooks or p._post_accumulate_grad_hooks:
                 return "a parameter has gradient hooks, which the fused step would not call"
-        if self._tracked is None or self._tracked.current(model.weight_matrices()) is None:
-            return "the model's weights are no longer the ones the optimizer was built with"
-        groups_of = {id(p): group for group in self.param_groups for p in group["params"]}
-        if not all(self._takes_gradient_in_buffer(groups_of[id(w)]) for w in model.weight_matrices()):
-            return "a weight matrix's group has no momentum or uses nesterov (the update needs the gradient itself)"
+        for weight in weights:
+            group = next(g for g in self.param_groups if any(q is weight for q in g["params"]))
+            if not self._takes_gradient_in_buffer(group):
+                return "a weight matrix's group has no momentum or uses nesterov (the update needs the gradient itself)"
         return None
 
     def _fused_backward(self, model: Autoencoder, x: Tensor, generator: Optional[torch.Generator]) -> AutoencoderOutput:
@@ -439,16 +451,10 @@ class SGD(_FusedOptimizer):
 
 def _has_module_hooks(model: torch.nn.Module) -> bool:
     """Whether calling ``model`` would run forward or backward hooks (its own or global ones)."""
-    from torch.nn.modules import module as module_globals
     return bool(model._forward_hooks or model._forward_pre_hooks or model._backward_hooks
-                or model._backward_pre_hooks or module_globals._global_forward_hooks
-                or module_globals._global_forward_pre_hooks or module_globals._global_backward_hooks
-                or module_globals._global_backward_pre_hooks)
-
-
-def _has_global_step_pre_hooks() -> bool:
-    from torch.optim import optimizer as optimizer_globals
-    return bool(optimizer_globals._global_optimizer_pre_hooks)
+                or model._backward_pre_hooks or _module_globals._global_forward_hooks
+                or _module_globals._global_forward_pre_hooks or _module_globals._global_backward_hooks
+                or _module_globals._global_backward_pre_hooks)
 
 
 def _sum_of_products(products: List[Tuple[Tensor, Tensor]]) -> Tensor:

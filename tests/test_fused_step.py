@@ -282,6 +282,25 @@ def test_fused_step_falls_back_to_the_ordinary_step(device, case):
     assert len(calls) == (2 if case == "hook" else 0)
 
 
+def test_fused_step_refuses_a_subclass_with_its_own_forward():
+    class Scaled(pyae.Autoencoder):
+        def forward(self, x, *, generator=None):
+            output = super().forward(x, generator=generator)
+            return output._replace(loss=output.loss * 2)
+
+    torch.manual_seed(0)
+    model = Scaled(9, 7, contractive_weight=0.1).double()
+    twin = copy.deepcopy(model)
+    optimizer = pyae.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, autoencoder=model)
+    twin_optimizer = pyae.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9, autoencoder=twin)
+    x = _batches("cpu", torch.float64, 1)[0]
+    assert "overrides forward" in optimizer.fused_step_refusal(x)
+    optimizer.autoencoder_step(x)
+    _ordinary_step(twin, twin_optimizer, x, None)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_fused_step_without_grad_mode_refuses_as_the_ordinary_step_does():
     model, optimizer, _, _ = _twins(CONFIGURATIONS["plain"], "cpu", torch.float32)
     x = _batches("cpu", torch.float32, 1)[0]
