@@ -22,6 +22,8 @@ model (pyae.optim, as `pyae train` uses it) for the pyae peers). Peers:
     pyae_fused / pyae_all_fused   (--whole-step) pyae and pyae_all through pyae's SGD's
                  autoencoder_step, what `pyae train` and pyae.TrainStep run: the backward writes
                  the weight matrices' gradient products straight into the momentum buffers
+    pyae_plain_fused   (--whole-step) plain's unregularized autoencoder through the same fused
+                 step: what the regularizers cost within it (pyae_fused / pyae_plain_fused)
     pyae_compiled / pyae_compiled_ro   pyae's step under torch.compile
     pyae_graph   pyae.TrainStep: pyae's whole step incl. the SGD update in one CUDA graph (CUDA)
 
@@ -104,12 +106,20 @@ def distinct_copy(function, tag):
 
 def make_model(n, k, device, dtype, seed=0, **extra):
     torch.manual_seed(seed)
-    return pyae.Autoencoder(n, k, loss="cross_entropy", contractive_weight=CONTRACTIVE_WEIGHT,
-                            sparsity_target=SPARSITY_TARGET, sparsity_weight=SPARSITY_WEIGHT,
-                            device=device, dtype=dtype, **extra)
+    options = dict(loss="cross_entropy", contractive_weight=CONTRACTIVE_WEIGHT, sparsity_target=SPARSITY_TARGET,
+                   sparsity_weight=SPARSITY_WEIGHT)
+    options.update(extra)
+    return pyae.Autoencoder(n, k, device=device, dtype=dtype, **options)
 
 
 ALL_REGULARIZERS = dict(noise="mask", noise_level=0.25, weight_decay=1e-4)
+NO_REGULARIZER = dict(contractive_weight=0.0, sparsity_target=None, sparsity_weight=0.0)
+# The pyae peers' models by name prefix (the longest that matches).
+MODEL_OPTIONS = {"pyae_all": ALL_REGULARIZERS, "pyae_plain": NO_REGULARIZER}
+
+
+def model_options(peer):
+    return next((options for prefix, options in MODEL_OPTIONS.items() if peer.startswith(prefix)), {})
 
 
 def parameters_of(model):
@@ -269,9 +279,9 @@ def cuda_peak_bytes(step):
 
 
 PEERS = ["gemm", "plain", "eager", "compiled", "compiled_ro", "graph", "jacrev", "pyae", "pyae_all", "pyae_fused",
-         "pyae_all_fused", "pyae_compiled", "pyae_compiled_ro", "pyae_graph"]
+         "pyae_all_fused", "pyae_plain_fused", "pyae_compiled", "pyae_compiled_ro", "pyae_graph"]
 CUDA_ONLY = {"compiled_ro", "graph", "pyae_compiled_ro", "pyae_graph"}
-WHOLE_STEP_ONLY = {"pyae_fused", "pyae_all_fused"}
+WHOLE_STEP_ONLY = {"pyae_fused", "pyae_all_fused", "pyae_plain_fused"}
 
 
 def build(peer, model, x, whole_step=False):
@@ -303,7 +313,7 @@ def build(peer, model, x, whole_step=False):
         return graph_step(eager_loss, x, params)
     if peer in ("pyae", "pyae_all"):
         return pyae_step(model, x, optimizer)
-    if peer in ("pyae_fused", "pyae_all_fused"):
+    if peer in WHOLE_STEP_ONLY:
         refusal = optimizer.fused_step_refusal(x)
         if refusal is not None:
             raise RuntimeError(f"the fused step would not run: {refusal}")
@@ -331,7 +341,7 @@ def run(args):
                     continue
                 if peer == "jacrev" and B * k * n > args.jacrev_limit:
                     continue
-                models[peer] = make_model(n, k, device, dtype, **(ALL_REGULARIZERS if peer.startswith("pyae_all") else {}))
+                models[peer] = make_model(n, k, device, dtype, **model_options(peer))
                 try:
                     steps[peer] = build(peer, models[peer], x, args.whole_step)
                     steps[peer]()  # compiles, captures, fails here rather than mid-measurement

@@ -76,7 +76,7 @@ stage bench_float32 90 $python benchmarks/bench_step.py --device cuda --dtype fl
 stage bench_train 60 $python benchmarks/bench_train.py --device cuda --batch-sizes 256 4096 \
   --json "$out/bench_train.json"
 stage bench_whole_step 90 $python benchmarks/bench_step.py --device cuda --dtype float32 --whole-step \
-  --sizes 20x784x2000 256x784x1000 --peers plain eager graph pyae pyae_all pyae_fused pyae_all_fused pyae_graph \
+  --sizes 20x784x2000 256x784x1000 --peers plain eager graph pyae pyae_all pyae_fused pyae_all_fused pyae_plain_fused pyae_graph \
   --json "$out/bench_whole_step.json"
 stage bench_compiled 240 $python benchmarks/bench_step.py --device cuda --dtype float32 \
   --sizes 256x784x1000 4096x784x1000 --peers plain compiled compiled_ro pyae_compiled pyae_compiled_ro \
