@@ -20,8 +20,8 @@ model (pyae.optim, as `pyae train` uses it) for the pyae peers). Peers:
                  weight decay (1e-4) besides the two penalties (not the same loss as the others:
                  compare it with plain)
     pyae_fused / pyae_all_fused   (--whole-step) pyae and pyae_all through pyae's SGD's
-                 autoencoder_step, what `pyae train` and pyae.TrainStep run: the backward writes
-                 the weight matrices' gradient products straight into the momentum buffers
+                 autoencoder_step, what `pyae train` and pyae.TrainStep run: the weight
+                 matrices' gradient products go straight into the momentum buffers
     pyae_plain_fused   (--whole-step) plain's unregularized autoencoder through the same fused
                  step: what the regularizers cost within it (pyae_fused / pyae_plain_fused)
     pyae_compiled / pyae_compiled_ro   pyae's step under torch.compile
@@ -114,7 +114,7 @@ def make_model(n, k, device, dtype, seed=0, **extra):
 
 ALL_REGULARIZERS = dict(noise="mask", noise_level=0.25, weight_decay=1e-4)
 NO_REGULARIZER = dict(contractive_weight=0.0, sparsity_target=None, sparsity_weight=0.0)
-# The pyae peers' models by name prefix (the longest that matches).
+# The pyae peers' models by name prefix (the first that matches).
 MODEL_OPTIONS = {"pyae_all": ALL_REGULARIZERS, "pyae_plain": NO_REGULARIZER}
 
 

@@ -1,5 +1,8 @@
 """The training loop itself: ``pyae.training.train`` (what ``pyae train`` runs) per step,
-eager and with ``cuda_graph`` (each step one CUDA graph replay), on the embedded MNIST digits.
+eager (the fused backward into the momentum buffers, the default), with the three calls
+(``fused_backward=False``) and with ``cuda_graph`` (each step one CUDA graph replay), on the
+embedded MNIST digits. The loops run one after the other, not in turns: compare them on a
+quiet machine.
 
 A training run is more than its steps: this measures the whole loop (batch slicing from the device-resident data, the step, the running sums of every loss
 term), as milliseconds per step from the epochs' wall-clock times. The first epochs warm up
@@ -24,14 +27,20 @@ from pyae.config import TrainConfig
 from pyae.training import train
 
 
-def measure(images, batch_size, device, cuda_graph, epochs, warm_epochs):
-    config = TrainConfig(n_hidden=1000, loss="cross_entropy", contractive_weight=0.1, sparsity_target=0.05,
-                         sparsity_weight=0.1, batch_size=batch_size, epochs=epochs, device=device,
-                         cuda_graph=cuda_graph, seed=0)
+# The loops: "eager" as `pyae train` runs by default (the fused backward into the momentum
+# buffers), "three_calls" with --no-fused-backward (zero_grad, backward, step), "cuda_graph"
+# (each step one graph replay; CUDA only).
+MODES = {"eager": dict(), "three_calls": dict(fused_backward=False), "cuda_graph": dict(cuda_graph=True)}
+
+
+def measure(images, batch_size, device, mode, epochs, warm_epochs, n_hidden=1000):
+    config = TrainConfig(n_hidden=n_hidden, loss="cross_entropy", contractive_weight=0.1, sparsity_target=0.05,
+                         sparsity_weight=0.1, batch_size=batch_size, epochs=epochs, device=device, seed=0,
+                         **MODES[mode])
     _, history = train(config, images, progress=False)
     steps = -(-images.shape[0] // batch_size)
     seconds = history["seconds"][warm_epochs:]
-    return dict(batch_size=batch_size, mode="cuda_graph" if cuda_graph else "eager", steps_per_epoch=steps,
+    return dict(batch_size=batch_size, n_hidden=n_hidden, mode=mode, steps_per_epoch=steps,
                 ms_per_step=statistics.median(seconds) / steps * 1e3, epoch_seconds=history["seconds"],
                 final_loss=history["loss"][-1])
 
@@ -43,17 +52,31 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--warm-epochs", type=int, default=3, help="epochs left out of the median")
     parser.add_argument("--copies", type=int, default=4, help="the 5,000 digits repeated this many times")
+    parser.add_argument("--hidden", type=int, default=1000, help="hidden units (784-HIDDEN-784)")
+    parser.add_argument("--rounds", type=int, default=1, help="times each loop is trained, in turns")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.warm_epochs >= args.epochs:
         parser.error("--warm-epochs must be smaller than --epochs")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     images, _ = load_mnist()
     images = images.repeat(args.copies, 1)
-    modes = [False, True] if args.device.startswith("cuda") else [False]
-    rows = [measure(images, b, args.device, mode, args.epochs, args.warm_epochs)
-            for b in args.batch_sizes for mode in modes]
+    modes = ["eager", "three_calls", "cuda_graph"] if args.device.startswith("cuda") else ["eager", "three_calls"]
+    # Each round trains every loop once, in turns, so that a drifting machine slows them alike;
+    # a loop's ms per step is the median over its rounds.
+    rows = []
+    for b in args.batch_sizes:
+        runs = {mode: [] for mode in modes}
+        for _ in range(args.rounds):
+            for mode in modes:
+                runs[mode].append(measure(images, b, args.device, mode, args.epochs, args.warm_epochs, args.hidden))
+        for mode, measured in runs.items():
+            row = dict(measured[-1], ms_per_step=statistics.median(r["ms_per_step"] for r in measured),
+                       rounds_ms_per_step=[r["ms_per_step"] for r in measured])
+            rows.append(row)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    print(f"device: {name}; torch {torch.__version__}; {images.shape[0]} examples, 784-1000-784, "
+    print(f"device: {name}; torch {torch.__version__}; {images.shape[0]} examples, 784-{args.hidden}-784, "
           "cross-entropy + contractive + KL, SGD")
     print()
     print("| batch | loop | ms per step | x eager | final loss |")

@@ -223,7 +223,7 @@ def _add_optimization_options(group, defaults: TrainConfig) -> None:
     _option(group, "--cuda-graph", action=argparse.BooleanOptionalAction,
             help="run each step as one CUDA graph replay (CUDA only, one process; default off)")
     _option(group, "--fused-backward", action=argparse.BooleanOptionalAction,
-            help="with SGD with momentum, write the weight gradients' products straight into the momentum "
+            help="with SGD with momentum, put the weight gradients' products straight into the momentum "
                  "buffers (no weight-sized gradients; default on)")
 
 

@@ -102,10 +102,10 @@ class TrainConfig:
             ``mixed_precision="bfloat16"`` but not ``"float16"`` (the scaler decides on the
             host whether a step is skipped, which a graph cannot).
         fused_backward: with SGD with momentum (no nesterov), each eager step is
-            :meth:`pyae.optim.SGD.autoencoder_step`: the backward writes the weight matrices'
-            gradient products straight into the momentum buffers instead of making weight-sized
-            gradients (the same update up to rounding). Off: zero_grad, backward, step. Not
-            with ``cuda_graph``, ``mixed_precision`` or ``torchrun``, which take the latter.
+            :meth:`pyae.optim.SGD.autoencoder_step`: the weight matrices' gradient products go
+            straight into the momentum buffers instead of making weight-sized gradients (the
+            same update up to rounding). Off: zero_grad, backward, step. Not with
+            ``cuda_graph``, ``mixed_precision`` or ``torchrun``, which take the latter.
 
     Raises:
         TypeError, ValueError: naming the offending field.

@@ -42,9 +42,9 @@ Example::
 The whole step can go further (:meth:`SGD.autoencoder_step`): SGD with momentum needs the
 weight matrices' gradients only inside ``momentum * buf + (1 - dampening) * grad``, and each
 is a matrix product (``delta.T @ x`` for the encoder, ``grad_logits.T @ h`` for the decoder),
-so the step writes the products straight into the momentum buffers (``addmm`` with
-``beta = momentum``) and never makes the weight-sized gradients: two weight-sized tensors
-fewer to write, read and allocate in every step. ``optimizer.autoencoder_step(x)`` replaces
+so the backward keeps the products and the update adds them straight into the momentum
+buffers (``addmm`` with ``beta = momentum``), never making the weight-sized gradients: two
+weight-sized tensors fewer to write, read and allocate in every step. ``optimizer.autoencoder_step(x)`` replaces
 the three lines of the loop above; the weight matrices are then left without a ``.grad``.
 """
 
@@ -252,8 +252,9 @@ class _FusedOptimizer(torch.optim.Optimizer):
         rounding (the products are summed into the buffers by ``addmm`` instead of apart), with
         no weight-sized gradient tensors. The weight matrices then have no ``.grad`` after the
         step; the biases (and the squared row norms) have theirs, as usual. :meth:`step` is
-        called as usual (step post-hooks run, a learning-rate scheduler counts it); a model
-        or optimizer with hooks that would see or change the gradients takes the three calls.
+        called as usual (a learning-rate scheduler counts it); a model or optimizer with hooks
+        (module, gradient or step hooks) takes the three calls, as do the other cases
+        :meth:`fused_step_refusal` names.
 
         Args:
             x: the clean batch, ``(B, n_inputs)``.
@@ -299,12 +300,18 @@ class _FusedOptimizer(torch.optim.Optimizer):
             return "autocast is on (its casts belong to the autograd path)"
         if _has_module_hooks(model):
             return "the model has forward or backward hooks, which the fused step would not call"
-        if self._optimizer_step_pre_hooks or _optimizer_globals._global_optimizer_pre_hooks:
-            return "the optimizer has step pre-hooks, which would see no weight gradients"
-        weights = model.weight_matrices()
+        if torch.is_anomaly_enabled():
+            return "anomaly detection is on (it checks the autograd backward)"
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _optimizer_globals._global_optimizer_pre_hooks or _optimizer_globals._global_optimizer_post_hooks):
+            return "the optimizer has step hooks, which would see no weight gradients"
         tracked = self._tracked
-        if tracked is None or len(weights) != len(tracked.weights) or any(
-                w is not t for w, t in zip(weights, tracked.weights)):
+        if tracked is None or model._tracked_norms is not tracked:
+            return "the model's squared row norms are not this optimizer's (another pyae.optim optimizer took them)"
+        if model.weight_decay > 0.0 and not model.optimizer_applies_weight_decay:
+            return "the model's weight decay is not applied by this optimizer (it was set after it was built)"
+        weights = model.weight_matrices()
+        if len(weights) != len(tracked.weights) or any(w is not t for w, t in zip(weights, tracked.weights)):
             return "the model's weights are no longer the ones the optimizer was built with"
         # The parameters the objective reads (the model's forward, not overridden, reads no others).
         decoder_bias = model.decoder_bias if model.tied_weights else model.decoder.bias

@@ -59,13 +59,12 @@ class TrainStep:
         mixed_precision: None, ``"bfloat16"`` or ``"float16"``: the forward runs under
             ``torch.autocast`` in that dtype; ``"float16"`` also scales the loss with a
             ``torch.amp.GradScaler`` (:attr:`grad_scaler`) against gradient underflow.
-        fused_backward: with a :class:`pyae.optim.SGD` given this model (``autoencoder=model``),
-            no capture and no mixed precision, each step is the optimizer's
-            :meth:`~pyae.optim.SGD.autoencoder_step`: the backward writes the weight matrices'
-            gradient products straight into the momentum buffers, and the weight matrices
-            get no ``.grad`` (where that step cannot fuse, e.g. without momentum, it takes the
-            three calls itself). False keeps the three calls. :attr:`fused_backward` says
-            whether steps go through ``autoencoder_step``.
+        fused_backward: without capture and mixed precision, while the optimizer is a
+            :class:`pyae.optim.SGD` given this model (``autoencoder=model``), each step is its
+            :meth:`~pyae.optim.SGD.autoencoder_step`: the weight matrices' gradient products go
+            straight into the momentum buffers, and the weight matrices get no ``.grad``
+            (where that step cannot fuse, e.g. without momentum, it takes the three calls
+            itself). False: always the three calls.
 
     Calling the step returns the loss of that step as a fresh, detached tensor on the
     model's device (reading it with ``.item()`` synchronizes; accumulate on the device and
@@ -116,8 +115,7 @@ class TrainStep:
         self._captured: Dict[Tuple, _CapturedStep] = {}
         self._warmups: Dict[Tuple, int] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.capture else None
-        self.fused_backward = (fused_backward and not self.capture and mixed_precision is None
-                               and uses_autoencoder_step(optimizer, model))
+        self.fused_backward = fused_backward and not self.capture and mixed_precision is None
 
     def _forward(self, x: Tensor):
         # No autocast cast cache under capture: a graph must cast the weights it replays with.
@@ -125,7 +123,7 @@ class TrainStep:
             return self.model(x) if self.generator is None else self.model(x, generator=self.generator)
 
     def _eager_step(self, x: Tensor) -> Tensor:
-        if self.fused_backward:
+        if self.fused_backward and uses_autoencoder_step(self.optimizer, self.model):
             output = self.optimizer.autoencoder_step(x, generator=self.generator)
             self.last_output = output
             return output.loss.detach()

@@ -99,7 +99,7 @@ def train(
         callback: ``callback(epoch, step, output)`` after every optimizer step, ``epoch``
             counting from 1, ``step`` from 0 within the epoch, ``output`` the step's
             :class:`pyae.AutoencoderOutput` (with ``config.cuda_graph`` its tensors are the
-            graph's static outputs, overwritten by the next step; with the fused backward,
+            graph's static outputs, overwritten by the next step; where the step fused,
             ``config.fused_backward``, they are detached and the weight matrices have no
             ``.grad``). An exception it raises
             stops training (the epoch in progress is lost, the last checkpoint stays as it was).
@@ -457,8 +457,8 @@ def _step_function(config: TrainConfig, model: Autoencoder, optimizer: torch.opt
     grad_scaler = make_grad_scaler(device_type) if mixed_precision == "float16" else None
 
     if config.fused_backward and ranks is None and mixed_precision is None and uses_autoencoder_step(optimizer, model):
-        # pyae's SGD given the model: the backward writes the weight matrices' gradient
-        # products straight into the momentum buffers (pyae.optim, SGD.autoencoder_step).
+        # pyae's SGD given the model: the weight matrices' gradient products go straight into
+        # the momentum buffers (pyae.optim, SGD.autoencoder_step).
         def fused_step(batch: Tensor, share: float) -> AutoencoderOutput:
             return optimizer.autoencoder_step(batch, generator=noise)
 

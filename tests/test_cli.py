@@ -77,6 +77,11 @@ def test_train_resume_and_filters(tmp_path, capsys):
 
     code, stdout, _ = run(capsys, "train", "--out", out, "--resume", "--epochs", "2", "--quiet")
     assert code == 0 and "already holds 2 epochs" in stdout
+    # --fused-backward may change on resume (the same update up to rounding).
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--epochs", "3", "--no-fused-backward", "--quiet")
+    assert code == 0, err
+    resumed = load_checkpoint(checkpoint)
+    assert resumed.epoch == 3 and resumed.config.fused_backward is False
 
     png = tmp_path / "grid.png"
     code, stdout, err = run(capsys, "filters", checkpoint, "--out", png, "--rows", "2", "--cols", "4")

@@ -1,14 +1,16 @@
 """The fused training step (pyae.optim.SGD.autoencoder_step): the weight matrices' gradient
-products written straight into the momentum buffers. Its two building blocks (the encoder
+products accumulated straight into the momentum buffers. Its two building blocks (the encoder
 backward's fused pass alone, the SGD update with the gradient already in the buffer) against
 the operators they come from, and whole steps against the ordinary three calls."""
 
+import contextlib
 import copy
 import warnings
 
 import pytest
 import torch
 from torch.library import opcheck
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import pyae
 from helpers import DTYPES, TOLERANCES, assert_close, make_inputs
@@ -242,8 +244,15 @@ def test_fused_step_with_dampening_and_parameter_groups(device, bias_options):
             torch.testing.assert_close(buffer, expected, **TOLERANCES[torch.float64])
 
 
+def _halve_grad(parameter):
+    parameter.grad.mul_(0.5)
+
+
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
 @pytest.mark.parametrize("case", ["adam", "nesterov", "no_momentum", "linear_decoder", "hook", "x_requires_grad",
-                                  "frozen_bias", "bias_hook", "backward_hook", "step_pre_hook"])
+                                  "frozen_bias", "bias_hook", "post_accumulate_hook", "backward_hook", "step_pre_hook",
+                                  "step_post_hook", "global_forward_hook", "global_step_pre_hook", "anomaly",
+                                  "weight_decay_set_later"])
 def test_fused_step_falls_back_to_the_ordinary_step(device, case):
     config = dict(contractive_weight=0.1, decoder_activation="linear", loss="mse") \
         if case == "linear_decoder" else dict(contractive_weight=0.1)
@@ -266,16 +275,32 @@ def test_fused_step_falls_back_to_the_ordinary_step(device, case):
             m.decoder.bias.requires_grad_(False)
         if case == "bias_hook":
             m.encoder.bias.register_hook(lambda grad: grad * 0.5)
+        if case == "post_accumulate_hook":
+            m.encoder.weight.register_post_accumulate_grad_hook(_halve_grad)
         if case == "backward_hook":
             m.register_full_backward_pre_hook(lambda module, grad_output: None)
         if case == "step_pre_hook":
             o.register_step_pre_hook(lambda *args: None)
-    for x in _batches(device, torch.float64, 2):
-        x = x.requires_grad_(True) if case == "x_requires_grad" else x
-        assert optimizer.fused_step_refusal(x) is not None
-        output = optimizer.autoencoder_step(x)
-        expected = _ordinary_step(twin, twin_optimizer, x, None)
-        assert torch.equal(output.loss.detach(), expected.loss.detach())
+        if case == "step_post_hook":
+            o.register_step_post_hook(lambda *args: None)
+        if case == "weight_decay_set_later":  # after the optimizer took the model's (none)
+            m.weight_decay = 0.5
+    handles = []
+    if case == "global_forward_hook":
+        handles.append(torch.nn.modules.module.register_module_forward_hook(lambda *args: None))
+    if case == "global_step_pre_hook":
+        handles.append(register_optimizer_step_pre_hook(lambda *args: None))
+    try:
+        with torch.autograd.detect_anomaly(check_nan=False) if case == "anomaly" else contextlib.nullcontext():
+            for x in _batches(device, torch.float64, 2):
+                x = x.requires_grad_(True) if case == "x_requires_grad" else x
+                assert optimizer.fused_step_refusal(x) is not None
+                output = optimizer.autoencoder_step(x)
+                expected = _ordinary_step(twin, twin_optimizer, x, None)
+                assert torch.equal(output.loss.detach(), expected.loss.detach())
+    finally:
+        for handle in handles:
+            handle.remove()
     # The ordinary step, exactly: the gradients exist and every number is the same.
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.equal(a, b) and (a.grad is not None or not a.requires_grad)
@@ -336,16 +361,29 @@ def test_fused_step_after_weights_change_outside_the_optimizer(device):
     torch.testing.assert_close(fused.encoder.weight, ordinary.encoder.weight.detach(), **TOLERANCES[torch.float64])
 
 
-def test_fused_step_is_an_ordinary_step_call_for_hooks_and_schedulers():
+def test_fused_step_is_an_ordinary_step_call_for_schedulers():
     model, optimizer, _, _ = _twins(CONFIGURATIONS["plain"], "cpu", torch.float32)
-    calls = []
-    optimizer.register_step_post_hook(lambda *args: calls.append(1))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    x = _batches("cpu", torch.float32, 1)[0]
+    assert optimizer.fused_step_refusal(x) is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "lr_scheduler.step() before optimizer.step()" would raise
-        optimizer.autoencoder_step(_batches("cpu", torch.float32, 1)[0])
+        optimizer.autoencoder_step(x)
         scheduler.step()
-    assert calls == [1] and optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert model.encoder.weight.grad is None  # it did fuse
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_fused_step_refuses_norms_another_optimizer_took(device):
+    model, optimizer, twin, twin_optimizer = _twins(CONFIGURATIONS["contractive_sparse"], device, torch.float64)
+    pyae.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, autoencoder=model)  # takes the model's norms
+    pyae.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9, autoencoder=twin)
+    x = _batches(device, torch.float64, 1)[0]
+    assert "not this optimizer's" in optimizer.fused_step_refusal(x)
+    optimizer.autoencoder_step(x)
+    _ordinary_step(twin, twin_optimizer, x, None)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_autoencoder_step_needs_the_autoencoder_and_checks_x():
