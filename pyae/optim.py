@@ -176,9 +176,9 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self.autoencoder = None
 
     def _update_lists(self, group: Dict[str, Any]):
-        """The group's parameters that have a gradient, with their gradients (None where it is
-        in the momentum buffer already: a fused step), total weight decays, squared-row-norm
-        gradients and norms targets."""
+        """The group's parameters that have a gradient, with their gradients (None for a fused
+        step's pending products, which the update accumulates into the momentum buffer), total
+        weight decays, squared-row-norm gradients and norms targets."""
         params, grads, decays, row_grads, norms = [], [], [], [], []
         base_decay = group["weight_decay"]
         encoder_row_grad = None
