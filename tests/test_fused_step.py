@@ -179,6 +179,15 @@ def _ordinary_step(model, optimizer, x, generator):
     return output
 
 
+def _assert_takes_the_three_calls(model, optimizer, twin, twin_optimizer, x, reason):
+    """autoencoder_step refuses to fuse, saying ``reason``, and steps as the three calls do."""
+    assert reason in optimizer.fused_step_refusal(x)
+    optimizer.autoencoder_step(x)
+    _ordinary_step(twin, twin_optimizer, x, None)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+
 def _batches(device, dtype, count=4):
     generator = torch.Generator().manual_seed(5)
     return [torch.rand(6, 9, generator=generator, dtype=torch.float64).to(device, dtype) for _ in range(count)]
@@ -318,12 +327,8 @@ def test_fused_step_refuses_a_subclass_with_its_own_forward():
     twin = copy.deepcopy(model)
     optimizer = pyae.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, autoencoder=model)
     twin_optimizer = pyae.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9, autoencoder=twin)
-    x = _batches("cpu", torch.float64, 1)[0]
-    assert "overrides forward" in optimizer.fused_step_refusal(x)
-    optimizer.autoencoder_step(x)
-    _ordinary_step(twin, twin_optimizer, x, None)
-    for a, b in zip(model.parameters(), twin.parameters()):
-        assert torch.equal(a, b)
+    _assert_takes_the_three_calls(model, optimizer, twin, twin_optimizer, _batches("cpu", torch.float64, 1)[0],
+                                  "overrides forward")
 
 
 def test_fused_step_without_grad_mode_refuses_as_the_ordinary_step_does():
@@ -378,12 +383,8 @@ def test_fused_step_refuses_norms_another_optimizer_took(device):
     model, optimizer, twin, twin_optimizer = _twins(CONFIGURATIONS["contractive_sparse"], device, torch.float64)
     pyae.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, autoencoder=model)  # takes the model's norms
     pyae.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9, autoencoder=twin)
-    x = _batches(device, torch.float64, 1)[0]
-    assert "not this optimizer's" in optimizer.fused_step_refusal(x)
-    optimizer.autoencoder_step(x)
-    _ordinary_step(twin, twin_optimizer, x, None)
-    for a, b in zip(model.parameters(), twin.parameters()):
-        assert torch.equal(a, b)
+    _assert_takes_the_three_calls(model, optimizer, twin, twin_optimizer, _batches(device, torch.float64, 1)[0],
+                                  "not this optimizer's")
 
 
 def test_autoencoder_step_needs_the_autoencoder_and_checks_x():
